@@ -1,0 +1,1 @@
+"""The audit-event contracts: Avro schemas (every version), JSON Schema, action catalogue."""
