@@ -119,11 +119,10 @@ def test_undeliverable_events_fail_their_futures_on_close() -> None:
 JAVA_KEYS = [f"tnt_{i:04d}" for i in range(150)] + [
     "tnt_7g8h9i0j",
     "a",
-    "tenant-with-dashes",
-    "tnt_ünïcødé",
-    "x" * 200,
     "0",
-    "tnt_🙂",
+    "tenant-with-dashes",
+    "Acme.Corp:eu-1_prod",
+    "x" * 128,
 ]
 
 
