@@ -13,7 +13,10 @@ flag instead of listing exception types.
     │       ├── UnknownSchemaError    the writer schema fingerprint is not known here
     │       └── CorruptRecordError    the marker or the Avro body is damaged
     ├── PublishError                  the broker refused or failed to store an event
-    └── TopicAdminError               topic creation or inspection failed
+    ├── TopicAdminError               topic creation or inspection failed
+    ├── SinkError                     a destination did not acknowledge a batch; ``retriable``
+    │                                 and ``retry_after`` steer the lane's next attempt
+    └── CommitError                   the engine could not commit offsets
 """
 
 from __future__ import annotations
@@ -87,3 +90,26 @@ class PublishError(StreamsError):
 
 class TopicAdminError(StreamsError):
     """Creating or describing topics failed."""
+
+
+class SinkError(StreamsError):
+    """A sink could not deliver a batch; the engine retries it later, in order, never drops it.
+
+    ``retriable`` True means a transient failure (backoff and retry soon); False means the
+    destination needs an operator or the customer (misconfigured, forbidden): the lane is
+    paused and tried again after a long delay, so nothing is lost when it is fixed.
+    ``retry_after`` (seconds) is honoured when the destination asked for it.
+    """
+
+    def __init__(
+        self, message: str, *, retriable: bool = True, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.retry_after = retry_after
+
+
+class CommitError(StreamsError):
+    """Offsets could not be committed (the next periodic commit tries again)."""
+
+    retriable = True

@@ -1,0 +1,58 @@
+"""Settings of the delivery engine (nested under ``engine`` in the process settings)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EngineConfig(BaseModel):
+    """Bounds and timings of the consumer-group runner shared by every connector."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group_id: str | None = Field(
+        default=None, description="Consumer group (default: siem-export-<connector>)."
+    )
+    lane_max_events: int = Field(
+        default=1000, ge=1, description="Events one tenant lane may hold in memory."
+    )
+    process_max_events: int = Field(
+        default=100_000,
+        ge=1,
+        description="Events all lanes may hold together; past it every partition is paused.",
+    )
+    park_after_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Consecutive failures after which a lane drops its queue and re-reads later.",
+    )
+    retry_initial_seconds: float = Field(default=0.5, gt=0)
+    retry_max_seconds: float = Field(default=60.0, gt=0)
+    paused_retry_seconds: float = Field(
+        default=300.0, gt=0, description="Delay after a non-retriable (misconfiguration) error."
+    )
+    max_concurrent_sends: int = Field(default=256, ge=1)
+    commit_interval_seconds: float = Field(default=2.0, gt=0)
+    metadata_limit_bytes: int = Field(default=4096, ge=64)
+    revoke_timeout_seconds: float = Field(default=10.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    max_record_bytes: int = Field(default=1_048_576, ge=1024)
+    fetch_batch: int = Field(default=2000, ge=1)
+    max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+    session_timeout_ms: int = Field(default=45_000, ge=6000)
+    start_from: Literal["earliest", "latest"] = Field(
+        default="earliest", description="Where a new consumer group starts."
+    )
+    on_offset_out_of_range: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description="Where to resume when the committed offset was deleted by retention "
+        "(always logged and counted with the size of the gap).",
+    )
+    stall_seconds: float = Field(
+        default=120.0, gt=0, description="Lag > 0 and no progress for this long is a stall."
+    )
+    tenant_labels: bool = Field(
+        default=False, description="Add tenant ids to lane metrics (unbounded labels)."
+    )

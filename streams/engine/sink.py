@@ -1,0 +1,71 @@
+"""What a connector implements to receive events from the engine, and what it receives.
+
+A sink never sees a Kafka message: it gets ``Envelope``s (one decoded event each, with where
+it came from) of ONE tenant, in partition order, and answers one of three ways:
+
+* return ``None``: every event of the batch is acknowledged by the destination;
+* return ``SendResult(rejected={index: reason})``: those events were refused for good (they
+  go to the dead-letter topic with the reason), the others are acknowledged;
+* return ``SendResult(pending=future)``: the sink took the events into its own custody (a
+  file being assembled, say) and resolves the future once they are durable, or fails it;
+  the engine goes on handing it the next batches meanwhile and acknowledges in order;
+* raise ``SinkError``: nothing of the batch is acknowledged; the engine retries the same
+  batch later (``retriable`` and ``retry_after`` say when), never reordering the lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from streams.event import AuditEvent, to_json_bytes
+
+
+@dataclass(slots=True, eq=False)
+class Envelope:
+    """One decoded audit event and its position on the topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    tenant_id: str
+    event: AuditEvent
+    size: int
+    raw: bytes = field(repr=False)
+    _json: bytes | None = field(default=None, repr=False)
+
+    @property
+    def json(self) -> bytes:
+        """The bytes customers receive (the spec's JSON), encoded once."""
+        if self._json is None:
+            self._json = to_json_bytes(self.event)
+        return self._json
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """A sink's answer other than "all acknowledged" (see the module docstring)."""
+
+    rejected: Mapping[int, str] = field(default_factory=dict)
+    pending: asyncio.Future[None] | None = None
+
+
+class Sink(Protocol):
+    """A delivery method (webhook, syslog, storage, index) as the engine drives it."""
+
+    name: str
+    """Short connector name, used in metrics labels and dead-letter headers."""
+
+    max_batch: int
+    """Most events the engine hands over in one ``send`` call."""
+
+    async def send(self, tenant_id: str, batch: Sequence[Envelope]) -> SendResult | None:
+        """Deliver ``batch`` (events of ``tenant_id``, in order) or raise ``SinkError``."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; called once when the engine stops."""
+        ...

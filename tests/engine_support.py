@@ -1,0 +1,73 @@
+"""Test doubles and helpers for the engine tests: a sink that records and fails on command."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from streams.config import KafkaConfig, TopicsConfig
+from streams.engine.sink import Envelope, SendResult
+from streams.errors import SinkError
+from streams.publisher import Publisher
+from streams.synthetic import EventFactory
+
+
+class RecordingSink:
+    """Records every delivered event per tenant; tenants in ``failing`` get SinkErrors."""
+
+    name = "test"
+
+    def __init__(self, max_batch: int = 50, delay: float = 0.0) -> None:
+        self.max_batch = max_batch
+        self.delay = delay
+        self.delivered: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+        self.failing: set[str] = set()
+        self.reject: set[str] = set()  # event ids refused for good
+        self.attempts = 0
+        self.closed = False
+
+    async def send(self, tenant_id: str, batch: Sequence[Envelope]) -> SendResult | None:
+        self.attempts += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if tenant_id in self.failing:
+            raise SinkError(f"destination of {tenant_id} is down", retriable=True)
+        rejected = {i: "refused by test" for i, e in enumerate(batch)
+                    if e.event["event_id"] in self.reject}
+        for i, env in enumerate(batch):
+            assert env.tenant_id == tenant_id == env.event["tenant_id"]
+            if i not in rejected:
+                self.delivered[tenant_id].append((env.partition, env.offset, env.event["event_id"]))
+        return SendResult(rejected=rejected) if rejected else None
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.delivered.values())
+
+
+def fresh_topics(bootstrap: str, partitions: int = 6) -> TopicsConfig:
+    suffix = uuid.uuid4().hex[:8]
+    topics = TopicsConfig(events=f"eng{suffix}.events", dlq=f"eng{suffix}.dlq",
+                          alerts=f"eng{suffix}.alerts", config=f"eng{suffix}.config")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(topics.events, partitions, 1),
+                                   NewTopic(topics.dlq, 1, 1)])
+    for f in futures.values():
+        f.result(timeout=30)
+    return topics
+
+
+def publish(bootstrap: str, topic: str, count: int, tenants: int, seed: int = 1) -> list[dict]:
+    events = list(EventFactory(tenants, seed=seed).events(count))
+    with Publisher(KafkaConfig(bootstrap_servers=bootstrap), topic) as pub:
+        futures = [pub.publish(e) for e in events]
+        for f in futures:
+            f.result(timeout=60)
+    return events
