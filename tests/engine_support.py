@@ -37,8 +37,9 @@ class RecordingSink:
             await asyncio.sleep(self.delay)
         if tenant_id in self.failing:
             raise SinkError(f"destination of {tenant_id} is down", retriable=True)
-        rejected = {i: "refused by test" for i, e in enumerate(batch)
-                    if e.event["event_id"] in self.reject}
+        rejected = {
+            i: "refused by test" for i, e in enumerate(batch) if e.event["event_id"] in self.reject
+        }
         for i, env in enumerate(batch):
             assert env.tenant_id == tenant_id == env.event["tenant_id"]
             if i not in rejected:
@@ -48,17 +49,26 @@ class RecordingSink:
     async def close(self) -> None:
         self.closed = True
 
+    def delivered_all(self) -> list[tuple[int, int, str]]:
+        """Every delivery of every tenant, by partition and offset."""
+        return sorted(d for v in self.delivered.values() for d in v)
+
     def count(self) -> int:
         return sum(len(v) for v in self.delivered.values())
 
 
 def fresh_topics(bootstrap: str, partitions: int = 6) -> TopicsConfig:
     suffix = uuid.uuid4().hex[:8]
-    topics = TopicsConfig(events=f"eng{suffix}.events", dlq=f"eng{suffix}.dlq",
-                          alerts=f"eng{suffix}.alerts", config=f"eng{suffix}.config")
+    topics = TopicsConfig(
+        events=f"eng{suffix}.events",
+        dlq=f"eng{suffix}.dlq",
+        alerts=f"eng{suffix}.alerts",
+        config=f"eng{suffix}.config",
+    )
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(topics.events, partitions, 1),
-                                   NewTopic(topics.dlq, 1, 1)])
+    futures = admin.create_topics(
+        [NewTopic(topics.events, partitions, 1), NewTopic(topics.dlq, 1, 1)]
+    )
     for f in futures.values():
         f.result(timeout=30)
     return topics

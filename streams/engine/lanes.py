@@ -63,6 +63,7 @@ class Lane:
     custody: deque[Custody] = field(default_factory=deque)
     dead_lettering: set[int] = field(default_factory=set)
     parked_from: int | None = None
+    unpark_requested: bool = False
     catching_up_until: int | None = None
     failures: int = 0
     failing_since: float | None = None
@@ -201,22 +202,40 @@ class PartitionLanes:
         return dropped
 
     def unpark(self, lane: Lane) -> None:
-        """Let a parked lane take its events again: re-read them from Kafka."""
+        """Let a parked lane take its events again: re-read them from Kafka.
+
+        If its events were already read past, the lane stays parked until the fetcher has
+        been moved back (``apply_rewind``): records fetched before the seek must not be
+        taken, or the re-read would skip the ones in between.
+        """
         start = lane.parked_from
         if start is None:
             return
+        if start >= self.read_pos:
+            self._release(lane, start)
+            return
+        lane.unpark_requested = True
+        self.rewind_to = start if self.rewind_to is None else min(self.rewind_to, start)
+
+    def _release(self, lane: Lane, start: int) -> None:
         lane.parked_from = None
+        lane.unpark_requested = False
         lane.high_water = min(lane.high_water, start - 1)
-        if start < self.read_pos:
-            lane.catching_up_until = self.high
-            self.rewind_to = start if self.rewind_to is None else min(self.rewind_to, start)
 
     def apply_rewind(self) -> int | None:
-        """The offset to seek to, if a lane asked to re-read; resets the read position."""
+        """The offset to seek to, if lanes asked to re-read; call right before seeking.
+
+        Resets the read position and lets the waiting lanes take records again.
+        """
         target = self.rewind_to
         self.rewind_to = None
-        if target is not None:
-            self.read_pos = target
+        if target is None:
+            return None
+        self.read_pos = target
+        for lane in self.lanes.values():
+            if lane.unpark_requested and lane.parked_from is not None:
+                self._release(lane, lane.parked_from)
+                lane.catching_up_until = self.high
         return target
 
     def commit_point(self) -> int:

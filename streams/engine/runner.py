@@ -448,7 +448,7 @@ class Engine:
         fresh = PartitionLanes(self.topic, partition, target, None)
         fresh.last_committed = target
         self._parts[partition] = fresh
-        await self._call(consumer.seek, TopicPartition(self.topic, partition, target))
+        await self._call(self._reassign, consumer, TopicPartition(self.topic, partition, target))
         await self._call(
             self._commit_now, consumer, [TopicPartition(self.topic, partition, target)]
         )

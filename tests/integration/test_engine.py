@@ -1,0 +1,217 @@
+"""The delivery engine against the real broker, in process: isolation, restarts without
+re-delivery to healthy tenants, recovery in order, poison records, retention gaps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry
+
+from streams.codec import AuditEventCodec
+from streams.config import KafkaConfig, TopicsConfig
+from streams.engine import Engine, EngineConfig
+from streams.event import validate_event
+from tests.engine_support import RecordingSink, fresh_topics, publish
+
+pytestmark = pytest.mark.integration
+
+
+def _engine(
+    bootstrap: str, topics: TopicsConfig, sink: RecordingSink, group: str, **cfg: object
+) -> Engine:
+    config = EngineConfig(
+        group_id=group,
+        commit_interval_seconds=0.3,
+        retry_initial_seconds=0.05,
+        retry_max_seconds=0.2,
+        **cfg,
+    )  # type: ignore[arg-type]
+    return Engine(
+        KafkaConfig(bootstrap_servers=bootstrap), topics, sink, config, registry=CollectorRegistry()
+    )
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+def _committed(bootstrap: str, topic: str, group: str, partitions: int) -> list[TopicPartition]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        c.close()
+
+
+def _offsets_in_order(deliveries: list[tuple[int, int, str]]) -> bool:
+    last: dict[int, int] = {}
+    for partition, offset, _ in deliveries:
+        if offset <= last.get(partition, -1):
+            return False
+        last[partition] = offset
+    return True
+
+
+async def test_failing_tenant_is_isolated_and_healthy_tenants_are_not_redelivered(
+    kafka_bootstrap: str,
+) -> None:
+    topics = fresh_topics(kafka_bootstrap, partitions=3)
+    events = publish(kafka_bootstrap, topics.events, 3000, 20, seed=21)
+    by_tenant: dict[str, list[str]] = {}
+    for e in events:
+        by_tenant.setdefault(e["tenant_id"], []).append(e["event_id"])
+    dead = max(by_tenant, key=lambda t: len(by_tenant[t]))  # the busiest tenant fails
+    healthy_total = len(events) - len(by_tenant[dead])
+    group = "eng-isolation"
+
+    # 1. The dead tenant fails throughout; every other tenant is fully delivered.
+    sink = RecordingSink(max_batch=20)
+    sink.failing.add(dead)
+    engine = _engine(kafka_bootstrap, topics, sink, group, lane_max_events=50)
+    run = asyncio.create_task(engine.run())
+    await _until(lambda: sink.count() >= healthy_total)
+    assert dead not in sink.delivered
+    for tenant, ids in by_tenant.items():
+        if tenant != dead:
+            assert [d[2] for d in sink.delivered[tenant]] == ids
+    assert engine.health().buffered_events <= 50  # the dead lane holds little in memory
+    engine.request_stop()
+    await run
+    committed = _committed(kafka_bootstrap, topics.events, group, 3)
+    assert any(tp.metadata for tp in committed), "lagging tenant recorded in commit metadata"
+
+    # 2. Restart, still failing: no re-delivery to healthy tenants.
+    again = RecordingSink(max_batch=20)
+    again.failing.add(dead)
+    engine = _engine(kafka_bootstrap, topics, again, group, lane_max_events=50)
+    run = asyncio.create_task(engine.run())
+    await _until(lambda: engine.health().partitions == [0, 1, 2])
+    await _until(lambda: again.attempts > 3)  # the dead tenant is being retried
+    await asyncio.sleep(1.0)
+    redelivered = again.count()
+    logging.getLogger(__name__).info("re-deliveries to healthy tenants: %d", redelivered)
+    assert redelivered == 0
+
+    # 3. The destination recovers: the whole backlog arrives, in order, exactly once.
+    again.failing.clear()
+    await _until(lambda: len(again.delivered.get(dead, [])) >= len(by_tenant[dead]))
+    assert [d[2] for d in again.delivered[dead]] == by_tenant[dead]
+    assert _offsets_in_order(again.delivered[dead])
+    engine.request_stop()
+    await run
+    for tp in _committed(kafka_bootstrap, topics.events, group, 3):
+        c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "probe"})
+        _, high = c.get_watermark_offsets(tp, timeout=10)
+        c.close()
+        assert tp.offset == high
+
+
+async def test_poison_records_reach_the_dlq_with_headers_and_the_partition_moves_on(
+    kafka_bootstrap: str,
+) -> None:
+    topics = fresh_topics(kafka_bootstrap, partitions=1)
+    good = publish(kafka_bootstrap, topics.events, 50, 3, seed=5)
+    tenant = good[0]["tenant_id"]
+    codec = AuditEventCodec()
+    other = dict(validate_event(good[1]))
+    big = dict(validate_event(good[2]))
+    big["metadata"] = {"blob": "x" * 5000}
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    poison = [
+        (tenant.encode(), b"\x00not avro at all"),  # corrupt
+        (tenant.encode(), b"\xc3\x01" + b"\x11" * 8 + b"body"),  # unknown fingerprint
+        (b"tnt_someoneelse", codec.encode(other)),  # key does not match tenant_id
+        (big["tenant_id"].encode(), codec.encode(big)),  # oversized
+    ]
+    for key, value in poison:
+        producer.produce(topics.events, key=key, value=value)
+    producer.flush(10)
+    more = publish(kafka_bootstrap, topics.events, 50, 3, seed=6)
+    sink = RecordingSink()
+    refused = more[10]["event_id"]
+    sink.reject.add(refused)
+    engine = _engine(kafka_bootstrap, topics, sink, "eng-poison", max_record_bytes=4096)
+    run = asyncio.create_task(engine.run())
+    await _until(lambda: sink.count() >= len(good) + len(more) - 1)
+    await asyncio.sleep(1.0)
+    engine.request_stop()
+    await run
+
+    delivered = {d[2] for v in sink.delivered.values() for d in v}
+    assert delivered == {e["event_id"] for e in good + more} - {refused}
+    dlq = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": "dlq-reader",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    dlq.subscribe([topics.dlq])
+    letters = []
+    deadline = time.monotonic() + 20
+    while len(letters) < 5 and time.monotonic() < deadline:
+        msg = dlq.poll(0.5)
+        if msg is not None and msg.error() is None:
+            letters.append(msg)
+    dlq.close()
+    assert len(letters) == 5
+    classes = []
+    for msg in letters:
+        headers = {k: v.decode() for k, v in msg.headers() or []}
+        assert headers["dlq.connector"] == "test"
+        assert headers["dlq.original.topic"] == topics.events
+        assert headers["dlq.original.partition"] == "0"
+        assert int(headers["dlq.original.offset"]) >= 50
+        assert int(headers["dlq.original.timestamp"]) > 0
+        assert headers["dlq.reason"]
+        classes.append(headers["dlq.error.class"])
+    assert sorted(classes) == sorted(
+        [
+            "CorruptRecordError",
+            "UnknownSchemaError",
+            "TenantMismatch",
+            "OversizedRecord",
+            "Rejected",
+        ]
+    )
+    (tp,) = _committed(kafka_bootstrap, topics.events, "eng-poison", 1)
+    assert tp.offset == len(good) + len(poison) + len(more)
+
+
+async def test_offsets_deleted_by_retention_are_reported_with_the_gap(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topics = fresh_topics(kafka_bootstrap, partitions=1)
+    publish(kafka_bootstrap, topics.events, 100, 2, seed=8)
+    sink = RecordingSink()
+    engine = _engine(kafka_bootstrap, topics, sink, "eng-gap")
+    run = asyncio.create_task(engine.run())
+    await _until(lambda: sink.count() == 100)
+    engine.request_stop()
+    await run
+    later = publish(kafka_bootstrap, topics.events, 100, 2, seed=9)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    futures = admin.delete_records([TopicPartition(topics.events, 0, 150)])
+    for f in futures.values():
+        f.result(timeout=30)
+    sink = RecordingSink()
+    engine = _engine(kafka_bootstrap, topics, sink, "eng-gap")
+    run = asyncio.create_task(engine.run())
+    with caplog.at_level(logging.ERROR, logger="streams.engine.runner"):
+        await _until(lambda: sink.count() == 50)
+        await asyncio.sleep(0.5)
+    engine.request_stop()
+    await run
+    assert [d[2] for d in sink.delivered_all()] == [e["event_id"] for e in later[50:]]
+    records = [r for r in caplog.records if "no longer exists" in r.getMessage()]
+    assert records and records[0].__dict__["gap_records"] == 50
