@@ -75,11 +75,11 @@ class Lane:
         candidates = [min(self.dead_lettering)] if self.dead_lettering else []
         if self.custody:
             candidates.append(self.custody[0].first_offset)
-        elif self.in_flight:
+        if self.in_flight:
             candidates.append(self.in_flight[0].offset)
-        elif self.queue:
+        if self.queue:
             candidates.append(self.queue[0].offset)
-        elif self.parked_from is not None:
+        if self.parked_from is not None:
             candidates.append(self.parked_from)
         return min(candidates) if candidates else None
 
@@ -221,6 +221,9 @@ class PartitionLanes:
         lane.parked_from = None
         lane.unpark_requested = False
         lane.high_water = min(lane.high_water, start - 1)
+        if start <= self.high:
+            # Its records up to ``high`` were skipped while parked: it lags until re-read.
+            lane.catching_up_until = max(lane.catching_up_until or -1, self.high)
 
     def apply_rewind(self) -> int | None:
         """The offset to seek to, if lanes asked to re-read; call right before seeking.
@@ -235,22 +238,23 @@ class PartitionLanes:
         for lane in self.lanes.values():
             if lane.unpark_requested and lane.parked_from is not None:
                 self._release(lane, lane.parked_from)
-                lane.catching_up_until = self.high
         return target
 
     def commit_point(self) -> int:
         """Lowest offset not yet acknowledged: everything below it may be committed."""
         point = self.high + 1
-        if self.catching_up() or self.rewind_to is not None:
-            point = min(point, self.read_pos, self.rewind_to or point)
+        if self.catching_up():
+            point = min(point, self.read_pos)
+        if self.rewind_to is not None:
+            point = min(point, self.read_pos, self.rewind_to)
         for lane in self.lanes.values():
             first = lane.first_pending()
             if first is not None and first < point:
                 point = first
         return point
 
-    def lagging(self, p: int) -> dict[str, int]:
-        """Tenants with unacknowledged records at or below ``p``, and from which offset."""
+    def lagging(self, p: int, point: int) -> dict[str, int]:
+        """Tenants with unacknowledged records in [point, p], and from which offset."""
         out: dict[str, int] = {}
         for tenant, lane in self.lanes.items():
             first = lane.first_pending()
@@ -258,14 +262,16 @@ class PartitionLanes:
                 start = lane.high_water + 1
                 first = start if first is None else min(first, start)
             if first is not None and first <= p:
-                out[tenant] = first
+                # Nothing below the commit point is pending; a catching-up lane's next
+                # record is at or above it too.
+                out[tenant] = max(first, point)
         return out
 
     def commit_offsets(self, limit: int) -> tuple[int, str]:
         """``(offset, metadata)`` to commit now."""
         point = self.commit_point()
         p = max(self.high, self.inherited_p)
-        return point, encode_metadata(point, p, self.lagging(p), limit)
+        return point, encode_metadata(point, p, self.lagging(p, point), limit)
 
     def forget_idle(self) -> int:
         """Drop idle lanes that no re-read can reach (keeps memory flat with many tenants)."""

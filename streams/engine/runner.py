@@ -330,9 +330,11 @@ class Engine:
         key = msg.key()
         value = msg.value()
         tenant = key.decode("utf-8", "replace") if key else None
+        keyed: Lane | None = None
         if tenant is not None:
-            lane = part.wants(tenant, offset)
-            if lane is None:
+            # Skip already-acknowledged records before paying for decoding them.
+            keyed = part.wants(tenant, offset)
+            if keyed is None:
                 self.metrics.skipped.labels(self.sink.name).inc()
                 return
         size = len(value or b"")
@@ -356,13 +358,15 @@ class Engine:
             )
         if problem is not None or event is None:
             reason, cls = problem or ("no event", "DecodeError")
-            dlq_lane = part.wants(DLQ_LANE, offset)
-            if dlq_lane is None:
+            # A keyed record is tracked in its key's lane (so a restart finds it through
+            # that tenant's lag); only keyless ones use the dead-letter pseudo-lane.
+            owner = keyed if keyed is not None else part.wants(DLQ_LANE, offset)
+            if owner is None:
                 return
-            dlq_lane.high_water = offset
+            owner.high_water = offset
             self._dead_letter(
                 part,
-                dlq_lane,
+                owner,
                 DeadLetter(
                     self.topic,
                     part.partition,
@@ -632,7 +636,9 @@ class Engine:
             # A failing destination holds only its in-flight batch in memory; the rest stays
             # in Kafka and is read again when the destination recovers.
             dropped = len(lane.queue)
-            first = lane.queue[0].offset if lane.queue else part.read_pos
+            # Park above what the lane already took: during a re-read, read_pos may lie
+            # below records it has in flight.
+            first = lane.queue[0].offset if lane.queue else max(part.read_pos, lane.high_water + 1)
             part.park(lane, first)
             self._buffered -= dropped
         await self._sleep_until(time.monotonic() + delay)
