@@ -27,7 +27,9 @@ from pydantic_settings import (
 )
 
 from connectors.errors import SettingsError
+from connectors.ops import OpsConfig
 from streams.config import KafkaConfig, TopicsConfig
+from streams.engine.config import EngineConfig
 
 ENV_PREFIX = "SIEM_EXPORT_"
 NESTED_DELIMITER = "__"
@@ -49,6 +51,8 @@ class Settings(BaseSettings):
 
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    ops: OpsConfig = Field(default_factory=OpsConfig)
     destinations_file: Path | None = Field(
         default=None, description="YAML file of per-tenant destinations."
     )

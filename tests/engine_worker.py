@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -24,8 +23,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from connectors.ops import OpsConfig
+from connectors.runtime import run_connector
+from connectors.settings import Settings
 from streams.config import KafkaConfig, TopicsConfig
-from streams.engine import Engine, EngineConfig, Envelope, SendResult
+from streams.engine import EngineConfig, Envelope, SendResult
 from streams.errors import SinkError
 
 
@@ -78,30 +80,30 @@ async def main() -> int:
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--grace", type=float, default=20.0)
+    parser.add_argument("--ops-port", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     sink = FileSink(args.out, args.fail_file, args.delay, args.batch)
-    config = EngineConfig(
-        group_id=args.group,
-        commit_interval_seconds=0.5,
-        retry_initial_seconds=0.05,
-        retry_max_seconds=0.5,
-        shutdown_grace_seconds=args.grace,
-        session_timeout_ms=6000,
+    settings = Settings(
+        kafka=KafkaConfig(bootstrap_servers=args.bootstrap),
+        topics=TopicsConfig(**json.loads(args.topics)),
+        engine=EngineConfig(
+            group_id=args.group,
+            commit_interval_seconds=0.5,
+            retry_initial_seconds=0.05,
+            retry_max_seconds=0.5,
+            shutdown_grace_seconds=args.grace,
+            session_timeout_ms=6000,
+        ),
+        ops=OpsConfig(port=args.ops_port),
     )
-    engine = Engine(
-        KafkaConfig(bootstrap_servers=args.bootstrap),
-        TopicsConfig(**json.loads(args.topics)),
-        sink,
-        config,
-        registry=CollectorRegistry(),
-    )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, engine.request_stop)
-    run = asyncio.create_task(engine.run())
+    registry = CollectorRegistry()
+    run = asyncio.create_task(run_connector(settings, sink, registry=registry))
     while not run.done():
-        if engine.health().ready:
+        ready = registry.get_sample_value(
+            "siem_export_rebalances_total", {"connector": "worker", "event": "assigned"}
+        )
+        if ready is not None:
             print("READY", flush=True)
             break
         await asyncio.sleep(0.05)

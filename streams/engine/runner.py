@@ -774,7 +774,7 @@ class Engine:
 
     async def _watch_loop(self) -> None:
         while True:
-            await asyncio.sleep(min(5.0, self.cfg.stall_seconds / 4))
+            await asyncio.sleep(min(1.0, self.cfg.stall_seconds / 4))
             consumer = self._consumer
             if consumer is None:
                 continue

@@ -187,6 +187,21 @@ def test_a_second_process_joins_and_leaves_mid_stream(kafka_bootstrap: str, tmp_
     _first_deliveries_in_order(rows_a + rows_b)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback test
+        return str(response.read().decode())
+
+
 def _committed(bootstrap: str, topic: str, group: str, partitions: int) -> dict[int, int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
@@ -204,9 +219,28 @@ def test_sigterm_drains_commits_and_exits_0(kafka_bootstrap: str, tmp_path: Path
             pub.publish(e)
     out = tmp_path / "first.tsv"
     # A slow destination: plenty is queued and in flight when SIGTERM arrives.
-    proc = _start(kafka_bootstrap, topics, "proc-term", out, "--delay", "0.05", "--batch", "5")
+    port = _free_port()
+    proc = _start(
+        kafka_bootstrap,
+        topics,
+        "proc-term",
+        out,
+        "--delay",
+        "0.05",
+        "--batch",
+        "5",
+        "--ops-port",
+        str(port),
+    )
     _wait_ready(proc)
     time.sleep(1.0)
+    # The operability endpoints of the running process.
+    ready = json.loads(_get(f"http://127.0.0.1:{port}/readyz"))
+    assert ready["ready"] is True and ready["partitions"] == [0, 1, 2]
+    assert json.loads(_get(f"http://127.0.0.1:{port}/healthz"))["status"] == "ok"
+    metrics = _get(f"http://127.0.0.1:{port}/metrics")
+    assert 'siem_export_delivered_total{connector="worker"}' in metrics
+    assert 'siem_export_partition_lag{connector="worker"' in metrics
     began = time.monotonic()
     assert _stop(proc) == 0
     assert time.monotonic() - began < 30
