@@ -215,3 +215,36 @@ async def test_offsets_deleted_by_retention_are_reported_with_the_gap(
     assert [d[2] for d in sink.delivered_all()] == [e["event_id"] for e in later[50:]]
     records = [r for r in caplog.records if "no longer exists" in r.getMessage()]
     assert records and records[0].__dict__["gap_records"] == 50
+
+
+async def test_stall_watchdog_flags_a_partition_with_lag_and_no_progress(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topics = fresh_topics(kafka_bootstrap, partitions=1)
+    events = publish(kafka_bootstrap, topics.events, 40, 1, seed=12)
+    sink = RecordingSink()
+    sink.failing.add(events[0]["tenant_id"])  # the only tenant: nothing can progress
+    registry = CollectorRegistry()
+    config = EngineConfig(
+        group_id="eng-stall",
+        commit_interval_seconds=0.2,
+        stall_seconds=1.0,
+        retry_initial_seconds=0.05,
+        retry_max_seconds=0.2,
+    )
+    engine = Engine(
+        KafkaConfig(bootstrap_servers=kafka_bootstrap), topics, sink, config, registry=registry
+    )
+    run = asyncio.create_task(engine.run())
+    labels = {"connector": "test", "topic": topics.events, "partition": "0"}
+    with caplog.at_level(logging.ERROR, logger="streams.engine.runner"):
+        await _until(lambda: engine.health().stalled == [0], timeout=30)
+    assert registry.get_sample_value("siem_export_partition_stalled", labels) == 1
+    assert registry.get_sample_value("siem_export_partition_lag", labels) == 40
+    assert any("stalled" in r.getMessage() for r in caplog.records)
+    sink.failing.clear()  # the destination recovers: progress clears the stall
+    await _until(lambda: sink.count() == 40)
+    await _until(lambda: engine.health().stalled == [], timeout=30)
+    assert registry.get_sample_value("siem_export_partition_stalled", labels) == 0
+    engine.request_stop()
+    await run
