@@ -1,0 +1,198 @@
+"""Driving lanes to the sink: batches in order, retries with backoff, parking, custody.
+
+A lane sends one batch at a time and retries the same batch until it is acknowledged, so a
+retry never reorders a tenant. After ``park_after_failures`` failures the lane keeps only its
+batch in flight in memory; everything after it stays in Kafka and is read again once the
+destination answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from streams.engine.core import _log
+from streams.engine.dispatch import Dispatching
+from streams.engine.dlq import DeadLetter
+from streams.engine.lanes import Custody, Lane, PartitionLanes
+from streams.engine.sink import Envelope, SendResult
+from streams.errors import SinkError
+
+
+class Delivering(Dispatching):
+    """Lanes → sink (loop side)."""
+
+    def _wake(self, part: PartitionLanes, lane: Lane) -> None:
+        if lane.task is None and not self._hard_stop:
+            task = asyncio.create_task(self._drive(part, lane))
+            lane.task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _drive(self, part: PartitionLanes, lane: Lane) -> None:
+        """Send one lane's events in order until its queue is empty; retry, never reorder."""
+        try:
+            while not part.revoked:
+                if not lane.queue and not lane.in_flight:
+                    if lane.parked_from is not None and not lane.custody:
+                        await self._sleep_until(lane.retry_at)
+                        if not part.revoked:
+                            part.unpark(lane)
+                    break
+                if not lane.in_flight:
+                    take = min(self.sink.max_batch, len(lane.queue))
+                    lane.in_flight = [lane.queue.popleft() for _ in range(take)]
+                    self._buffered -= take
+                    self._in_flight += take
+                await self._send(part, lane)
+        finally:
+            lane.task = None
+            if lane.in_flight and part.revoked:
+                self._in_flight -= len(lane.in_flight)
+                lane.in_flight = []
+
+    async def _send(self, part: PartitionLanes, lane: Lane) -> None:
+        batch = lane.in_flight
+        try:
+            async with self._slots:
+                result = await self.sink.send(lane.tenant_id, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a sink bug must not kill the lane
+            error = (
+                exc
+                if isinstance(exc, SinkError)
+                else SinkError(f"{type(exc).__name__}: {exc}", retriable=True)
+            )
+            await self._after_failure(part, lane, error)
+            return
+        if part.revoked:
+            return
+        self._settle_batch(part, lane, batch, result)
+
+    def _settle_batch(
+        self, part: PartitionLanes, lane: Lane, batch: list[Envelope], result: SendResult | None
+    ) -> None:
+        if lane.failures:
+            _log.info(
+                "Lane recovered.",
+                extra={
+                    "tenant": lane.tenant_id,
+                    "partition": part.partition,
+                    "failures": lane.failures,
+                },
+            )
+        lane.failures = 0
+        lane.failing_since = None
+        rejected = result.rejected if result is not None else {}
+        for index, reason in rejected.items():
+            env = batch[index]
+            self._dead_letter(
+                part,
+                lane,
+                DeadLetter(
+                    env.topic,
+                    env.partition,
+                    env.offset,
+                    env.timestamp_ms,
+                    env.tenant_id.encode(),
+                    env.raw,
+                    reason,
+                    "Rejected",
+                    env.tenant_id,
+                ),
+            )
+        lane.in_flight = []
+        self._in_flight -= len(batch)
+        if result is not None and result.pending is not None:
+            custody = Custody(batch[0].offset, batch[-1].offset, batch, result.pending)
+            lane.custody.append(custody)
+            result.pending.add_done_callback(lambda f: self._custody_done(part, lane, custody))
+            return
+        self._acknowledged(lane, [e for i, e in enumerate(batch) if i not in rejected])
+
+    def _acknowledged(self, lane: Lane, events: list[Envelope]) -> None:
+        if not events:
+            return
+        now = time.time()
+        name = self.sink.name
+        self.metrics.delivered.labels(name).inc(len(events))
+        for env in events:
+            self.metrics.latency.labels(name).observe(max(0.0, now - env.timestamp_ms / 1000))
+        if self.cfg.tenant_labels:
+            self.metrics.tenant_delivered.labels(name, lane.tenant_id).inc(len(events))
+
+    def _custody_done(self, part: PartitionLanes, lane: Lane, custody: Custody) -> None:
+        if part.revoked or custody not in lane.custody:
+            return
+        future = custody.future
+        if future.cancelled() or future.exception() is not None:
+            # Everything from this batch on is re-read from Kafka, in order.
+            exc = None if future.cancelled() else future.exception()
+            error = exc if isinstance(exc, SinkError) else SinkError(str(exc or "cancelled"))
+            lane.custody.clear()
+            self._buffered -= len(lane.queue)
+            lane.queue.clear()
+            lane.parked_from = custody.first_offset
+            lane.high_water = custody.first_offset - 1
+            lane.failures += 1
+            lane.retry_at = time.monotonic() + self._backoff(lane, error)
+            self.metrics.failed.labels(self.sink.name, "custody").inc()
+            self._wake(part, lane)
+            return
+        # Acknowledge in order: a later batch waits for the ones before it.
+        while (
+            lane.custody
+            and lane.custody[0].future.done()
+            and not (lane.custody[0].future.cancelled() or lane.custody[0].future.exception())
+        ):
+            self._acknowledged(lane, lane.custody.popleft().events)
+
+    async def _after_failure(self, part: PartitionLanes, lane: Lane, error: SinkError) -> None:
+        lane.failures += 1
+        if lane.failing_since is None:
+            lane.failing_since = time.monotonic()
+        kind = "retriable" if error.retriable else "paused"
+        self.metrics.failed.labels(self.sink.name, kind).inc()
+        delay = self._backoff(lane, error)
+        _log.warning(
+            "Delivery failed; the lane retries the same batch.",
+            extra={
+                "tenant": lane.tenant_id,
+                "partition": part.partition,
+                "failures": lane.failures,
+                "retry_in_seconds": round(delay, 2),
+                "error": str(error),
+                "retriable": error.retriable,
+            },
+        )
+        if lane.failures >= self.cfg.park_after_failures and (
+            lane.queue or lane.parked_from is None
+        ):
+            # A failing destination holds only its in-flight batch in memory; the rest stays
+            # in Kafka and is read again when the destination recovers.
+            dropped = len(lane.queue)
+            # Park above what the lane already took: during a re-read, read_pos may lie
+            # below records it has in flight.
+            first = lane.queue[0].offset if lane.queue else max(part.read_pos, lane.high_water + 1)
+            part.park(lane, first)
+            self._buffered -= dropped
+        await self._sleep_until(time.monotonic() + delay)
+        self.metrics.retried.labels(self.sink.name).inc()
+
+    def _backoff(self, lane: Lane, error: SinkError) -> float:
+        if error.retry_after is not None:
+            return min(max(float(error.retry_after), 0.0), 3600.0)
+        if not error.retriable:
+            return self.cfg.paused_retry_seconds
+        base = self.cfg.retry_initial_seconds * float(2 ** min(lane.failures - 1, 30))
+        capped = min(base, self.cfg.retry_max_seconds)
+        return capped * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not security
+
+    async def _sleep_until(self, when: float) -> None:
+        while not self._hard_stop:
+            left = when - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.5))

@@ -1,0 +1,203 @@
+"""Turning fetched records into lane work: skip, decode, dead-letter, or queue.
+
+Also the explicit policy for a committed offset that retention deleted: logged with the size
+of the gap, counted, never a silent jump.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from confluent_kafka import KafkaError, Message, TopicPartition
+
+from streams.engine.commits import Committing
+from streams.engine.core import _log
+from streams.engine.dlq import DeadLetter
+from streams.engine.lanes import DLQ_LANE, Lane, PartitionLanes
+from streams.engine.sink import Envelope
+from streams.errors import DecodeError
+
+
+class Dispatching(Committing):
+    """Records → lanes (loop side)."""
+
+    def _dispatch(self, messages: list[Message]) -> None:
+        consumed = 0
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                self._on_consume_error(msg, err)
+                continue
+            part = self._parts.get(msg.partition() or 0)
+            offset = msg.offset()
+            if part is None or part.revoked or offset is None:
+                continue
+            consumed += 1
+            self._take(part, msg, offset)
+            part.advance(offset)
+        if consumed:
+            self.metrics.consumed.labels(self.sink.name, self.topic).inc(consumed)
+
+    def _take(self, part: PartitionLanes, msg: Message, offset: int) -> None:
+        key = msg.key()
+        value = msg.value()
+        tenant = key.decode("utf-8", "replace") if key else None
+        keyed: Lane | None = None
+        if tenant is not None:
+            # Skip already-acknowledged records before paying for decoding them.
+            keyed = part.wants(tenant, offset)
+            if keyed is None:
+                self.metrics.skipped.labels(self.sink.name).inc()
+                return
+        size = len(value or b"")
+        problem: tuple[str, str] | None = None
+        event = None
+        if size > self.cfg.max_record_bytes:
+            problem = (
+                f"record of {size} bytes exceeds engine.max_record_bytes "
+                f"({self.cfg.max_record_bytes})",
+                "OversizedRecord",
+            )
+        else:
+            try:
+                event = self._codec.decode(value)
+            except DecodeError as exc:
+                problem = (str(exc), type(exc).__name__)
+        if event is not None and tenant is not None and event["tenant_id"] != tenant:
+            problem = (
+                f"record key {tenant!r} does not match tenant_id {event['tenant_id']!r}",
+                "TenantMismatch",
+            )
+        if problem is not None or event is None:
+            reason, cls = problem or ("no event", "DecodeError")
+            # A keyed record is tracked in its key's lane (so a restart finds it through
+            # that tenant's lag); only keyless ones use the dead-letter pseudo-lane.
+            owner = keyed if keyed is not None else part.wants(DLQ_LANE, offset)
+            if owner is None:
+                return
+            owner.high_water = offset
+            self._dead_letter(
+                part,
+                owner,
+                DeadLetter(
+                    self.topic,
+                    part.partition,
+                    offset,
+                    _timestamp(msg),
+                    key,
+                    value,
+                    reason,
+                    cls,
+                    tenant,
+                ),
+            )
+            return
+        tenant = event["tenant_id"]
+        lane = part.wants(tenant, offset)
+        if lane is None:
+            self.metrics.skipped.labels(self.sink.name).inc()
+            return
+        lane.high_water = offset
+        if len(lane.queue) >= self.cfg.lane_max_events:
+            # The lane is full: keep what it holds, leave the rest in Kafka for later.
+            part.park(lane, offset)
+            return
+        lane.queue.append(
+            Envelope(
+                self.topic,
+                part.partition,
+                offset,
+                _timestamp(msg),
+                tenant,
+                event,
+                size,
+                value or b"",
+            )
+        )
+        self._buffered += 1
+        self._wake(part, lane)
+
+    def _on_consume_error(self, msg: Message, err: KafkaError) -> None:
+        if err.code() == KafkaError._AUTO_OFFSET_RESET:  # noqa: SLF001
+            self._schedule_offset_reset(msg.partition() or 0, err)
+            return
+        log = _log.error if err.fatal() else _log.warning
+        log("Kafka consumer error.", extra={"error": err.str(), "retriable": err.retriable()})
+
+    def _schedule_offset_reset(self, partition: int, err: KafkaError) -> None:
+        task = asyncio.create_task(self._reset_out_of_range(partition, err))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reset_out_of_range(self, partition: int, err: KafkaError) -> None:
+        try:
+            await self._reposition(partition, err)
+        except Exception:  # noqa: BLE001 - the next fetch error schedules it again
+            _log.exception(
+                "Could not reposition a partition after an offset reset error.",
+                extra={"partition": partition},
+            )
+
+    async def _reposition(self, partition: int, err: KafkaError) -> None:
+        """The committed offset no longer exists (retention): apply the policy, loudly."""
+        part = self._parts.get(partition)
+        consumer = self._consumer
+        if part is None or consumer is None:
+            return
+        low, high = await self._call(
+            consumer.get_watermark_offsets, TopicPartition(self.topic, partition), 30, False
+        )
+        target = int(low if self.cfg.on_offset_out_of_range == "earliest" else high)
+        gap = max(0, target - part.read_pos)
+        _log.error(
+            "Committed offset no longer exists; events were deleted by retention before delivery.",
+            extra={
+                "partition": partition,
+                "position": part.read_pos,
+                "resume_at": target,
+                "gap_records": gap,
+                "policy": self.cfg.on_offset_out_of_range,
+                "error": err.str(),
+            },
+        )
+        self.metrics.offset_gap.labels(self.sink.name, self.topic, str(partition)).inc(gap)
+        fresh = PartitionLanes(self.topic, partition, target, None)
+        fresh.last_committed = target
+        self._parts[partition] = fresh
+        await self._call(self._reassign, consumer, TopicPartition(self.topic, partition, target))
+        await self._call(
+            self._commit_now, consumer, [TopicPartition(self.topic, partition, target)]
+        )
+
+    def _dead_letter(self, part: PartitionLanes, lane: Lane, letter: DeadLetter) -> None:
+        lane.dead_lettering.add(letter.offset)
+        future = self._dlq.send(letter)
+        self.metrics.dead_lettered.labels(self.sink.name, letter.error_class).inc()
+        _log.warning(
+            "Record dead-lettered.",
+            extra={
+                "partition": letter.partition,
+                "offset": letter.offset,
+                "tenant": letter.tenant_id,
+                "reason": letter.reason,
+                "error_class": letter.error_class,
+            },
+        )
+
+        def stored(fut: asyncio.Future[None]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                # Not stored: keep the offset pending so it is never committed past.
+                _log.error(
+                    "Dead letter not stored; the partition stays behind it.",
+                    extra={"partition": letter.partition, "offset": letter.offset},
+                )
+                return
+            lane.dead_lettering.discard(letter.offset)
+
+        future.add_done_callback(stored)
+
+
+def _timestamp(msg: Message) -> int:
+    _, ts = msg.timestamp()
+    return int(ts) if ts and ts > 0 else int(time.time() * 1000)
