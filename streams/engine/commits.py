@@ -165,9 +165,17 @@ class Committing(EngineCore):
 
     def _commit_now(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
         """Steps 4 and 5 (consumer thread)."""
-        owned = [tp for tp in offsets if tp.partition in self._parts]
+        # Step 4. Only partitions this process still holds, by its own state and by the
+        # consumer's assignment (during a revoke callback both still include them).
+        assigned = {tp.partition for tp in consumer.assignment() if tp.topic == self.topic}
+        owned = [tp for tp in offsets if tp.partition in self._parts and tp.partition in assigned]
+        if len(owned) < len(offsets):
+            self.metrics.commits.labels(self.sink.name, "refused_not_owned").inc(
+                len(offsets) - len(owned)
+            )
         if not owned:
             return
+        # Step 5.
         try:
             result = consumer.commit(offsets=owned, asynchronous=False)
         except KafkaException as exc:
