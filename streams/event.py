@@ -20,7 +20,8 @@ Normalisation decisions:
   SIEM field extractions never depend on presence. ``metadata`` defaults to ``{}``.
 * ``metadata`` is any JSON object: integers must fit in a signed 64-bit integer, floats must be
   finite, and containers nest at most :data:`MAX_METADATA_DEPTH` deep (the metadata object
-  counts as one level). Tuples are accepted and become lists; key order is kept.
+  counts as one level). Tuples are accepted and become lists; key order is kept. The checks
+  live in :mod:`streams.event_metadata`, whose public names are re-exported here.
 * ``tenant_id`` and ``event_id`` are tokens (letters, digits, ``_ . : -``, starting with a
   letter or digit, at most 128 characters) because they end up in object names, HTTP headers
   and Kafka keys. Other text fields must be non-empty and free of control characters.
@@ -31,7 +32,6 @@ Normalisation decisions:
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
@@ -41,6 +41,10 @@ import orjson
 
 from streams.catalogue import category_names, category_of
 from streams.errors import FieldProblem, InvalidEventError
+from streams.event_metadata import INT64_MAX as INT64_MAX
+from streams.event_metadata import INT64_MIN as INT64_MIN
+from streams.event_metadata import MAX_METADATA_DEPTH, JsonValue, check_metadata
+from streams.event_metadata import json_type_name as _type_name
 
 __all__ = [
     "ACTOR_TYPES",
@@ -58,15 +62,11 @@ __all__ = [
     "validate_event",
 ]
 
-JsonValue: TypeAlias = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
 ActorType: TypeAlias = Literal["user", "machine_account", "system"]
 Outcome: TypeAlias = Literal["success", "failure", "denied"]
 
 ACTOR_TYPES: tuple[ActorType, ...] = ("user", "machine_account", "system")
 OUTCOMES: tuple[Outcome, ...] = ("success", "failure", "denied")
-MAX_METADATA_DEPTH = 32
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 MAX_TIMESTAMP_MILLIS = 253402300799999  # 9999-12-31T23:59:59.999Z
 
 
@@ -104,14 +104,12 @@ _TOP_KEYS = frozenset(AuditEvent.__annotations__)
 _ACTOR_KEYS = frozenset(Actor.__annotations__)
 _RESOURCE_KEYS = frozenset(Resource.__annotations__)
 _MISSING: Any = object()
-_MAX_METADATA_PROBLEMS = 10
 
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")
 _ID_HINT = "must start with a letter or digit and use only letters, digits and _ . : -"
 _SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _ACTION = re.compile(r"([a-z][a-z0-9_]*)\.([a-z][a-z0-9_]*)\Z")
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_SURROGATES = re.compile(r"[\ud800-\udfff]")
 _TIMESTAMP = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:[.,]([0-9]+))?)?"
     r"(?:([Zz])|([+-])([0-9]{2})(?::?([0-9]{2}))?)\Z"
@@ -121,22 +119,6 @@ _EPOCH_NAIVE = datetime(1970, 1, 1)
 _ONE_MS = timedelta(milliseconds=1)
 _SECOND_PREFIX: dict[int, str] = {}
 _MILLIS_SUFFIX = tuple(f".{ms:03d}Z" for ms in range(1000))
-
-
-_TYPE_NAMES: tuple[tuple[type | tuple[type, ...], str], ...] = (
-    (type(None), "null"),
-    (bool, "boolean"),
-    (int, "integer"),
-    (float, "number"),
-    (str, "string"),
-    ((list, tuple), "array"),
-    (Mapping, "object"),
-)
-
-
-def _type_name(value: object) -> str:
-    """JSON name of a value's type, for messages."""
-    return next((n for t, n in _TYPE_NAMES if isinstance(value, t)), type(value).__name__)
 
 
 def _show(value: object) -> str:
@@ -209,13 +191,6 @@ class _Checker:
 
     def __init__(self) -> None:
         self.problems: list[FieldProblem] = []
-        self.metadata_problems = 0
-
-    def meta(self, path: str, message: str) -> None:
-        """Record a metadata problem; only the first few are listed, the rest are counted."""
-        self.metadata_problems += 1
-        if self.metadata_problems <= _MAX_METADATA_PROBLEMS:
-            self.add(path, message)
 
     def add(self, path: str, message: str) -> None:
         self.problems.append(FieldProblem(path, message))
@@ -255,45 +230,6 @@ class _Checker:
             self.add(path, "must not contain control characters or unpaired surrogates")
             return None
         return str(value)
-
-    def json(self, value: object, path: str, depth: int) -> JsonValue:
-        """Copy of a metadata value, or ``None`` after recording a problem."""
-        if value is None or isinstance(value, bool):
-            return value
-        if isinstance(value, int):
-            if not INT64_MIN <= value <= INT64_MAX:
-                self.meta(path, "integer does not fit in 64 bits")
-            return int(value)
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                self.meta(path, "must be a finite number (NaN and infinities are not JSON)")
-            return float(value)
-        if isinstance(value, str):
-            if _SURROGATES.search(value):
-                self.meta(path, "string contains unpaired surrogates (not valid UTF-8)")
-            return str(value)
-        if isinstance(value, list | tuple | Mapping):
-            if depth >= MAX_METADATA_DEPTH:
-                self.meta(path, f"nested deeper than {MAX_METADATA_DEPTH} levels")
-                return None
-            if isinstance(value, Mapping):
-                return self.json_object(value, path, depth + 1)
-            return [self.json(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
-        self.meta(path, f"must be a JSON value, got {_type_name(value)}")
-        return None
-
-    def json_object(
-        self, value: Mapping[Any, object], path: str, depth: int
-    ) -> dict[str, JsonValue]:
-        out: dict[str, JsonValue] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                self.meta(f"{path}.{key!r}", "object keys must be strings")
-            elif _SURROGATES.search(key):
-                self.meta(f"{path}.{key!r}", "key contains unpaired surrogates")
-            else:
-                out[str(key)] = self.json(item, f"{path}.{key}", depth)
-        return out
 
 
 def _nested(checker: _Checker, obj: Mapping[str, object], name: str) -> Mapping[Any, object]:
@@ -369,12 +305,10 @@ def validate_event(obj: Mapping[str, object]) -> AuditEvent:
     raw_meta = obj.get("metadata", _MISSING)
     metadata: dict[str, JsonValue] = {}
     if isinstance(raw_meta, Mapping):
-        metadata = c.json_object(raw_meta, "metadata", 1)
+        metadata, metadata_problems = check_metadata(raw_meta)
+        c.problems += metadata_problems
     elif raw_meta is not _MISSING and raw_meta is not None:
         c.add("metadata", f"must be an object, got {_type_name(raw_meta)}")
-    if c.metadata_problems > _MAX_METADATA_PROBLEMS:
-        hidden = c.metadata_problems - _MAX_METADATA_PROBLEMS
-        c.add("metadata", f"{hidden} more problem(s) not listed")
 
     source_ip: str | None = None
     raw_ip = obj.get("source_ip", _MISSING)
