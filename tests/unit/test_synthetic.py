@@ -10,19 +10,11 @@ import pytest
 from streams.catalogue import lookup
 from streams.event import validate_event
 from streams.synthetic import ACTIONS, EventFactory
+from tests.unit.test_catalogue import SPEC_CATEGORIES
 
 pytestmark = pytest.mark.unit
 
-CATEGORIES = {
-    "authentication",
-    "machine_account",
-    "certificate",
-    "pki",
-    "discovery",
-    "deployment",
-    "admin",
-    "security",
-}
+CATEGORIES = set(SPEC_CATEGORIES)
 
 
 def test_same_seed_same_events_other_seed_other_events() -> None:
