@@ -15,3 +15,17 @@ SPEC_EXAMPLE: dict[str, Any] = {
     "metadata": {"ca_id": "ca_s9t0u1v2", "algorithm": "ECDSA-P384", "validity_days": 365},
     "source_ip": "203.0.113.42",
 }
+
+# The eight event categories of the spec's "What Is Exported" table, as action prefixes.
+SPEC_CATEGORIES = frozenset(
+    {
+        "authentication",
+        "machine_account",
+        "certificate",
+        "pki",
+        "discovery",
+        "deployment",
+        "admin",
+        "security",
+    }
+)

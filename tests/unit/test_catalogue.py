@@ -10,19 +10,10 @@ import pytest
 from streams import catalogue
 from streams.catalogue import Severity, parse_catalogue, schemas_dir
 from streams.errors import ConfigError
+from tests.spec_example import SPEC_CATEGORIES
 
 pytestmark = pytest.mark.unit
 
-SPEC_CATEGORIES = {
-    "authentication",
-    "machine_account",
-    "certificate",
-    "pki",
-    "discovery",
-    "deployment",
-    "admin",
-    "security",
-}
 
 # Actions the spec's category table names (in the catalogue's wording).
 SPEC_ACTIONS = [

@@ -10,7 +10,7 @@ import pytest
 from streams.catalogue import lookup
 from streams.event import validate_event
 from streams.synthetic import ACTIONS, EventFactory
-from tests.unit.test_catalogue import SPEC_CATEGORIES
+from tests.spec_example import SPEC_CATEGORIES
 
 pytestmark = pytest.mark.unit
 
