@@ -129,7 +129,10 @@ class Engine(Delivering):
 
     def _consume(self) -> list[Message]:
         assert self._consumer is not None  # noqa: S101
-        return self._consumer.consume(self.cfg.fetch_batch, timeout=0.2)
+        # Take what is already fetched at once; wait (briefly) only when nothing is. A
+        # blocking batch call would wait for a full batch on every turn.
+        messages = self._consumer.consume(self.cfg.fetch_batch, timeout=0)
+        return messages or self._consumer.consume(self.cfg.fetch_batch, timeout=0.2)
 
     async def _flow_control(self) -> None:
         consumer = self._consumer

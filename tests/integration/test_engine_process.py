@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,24 @@ def _start(
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    _STARTED.append(proc)
     return proc
+
+
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_survives() -> Iterator[None]:
+    """Whatever a test asserts, the workers it started do not outlive it."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def _wait_ready(proc: subprocess.Popen[str], timeout: float = 60) -> None:
