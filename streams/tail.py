@@ -41,6 +41,7 @@ def tail_consumer_config(kafka: KafkaConfig) -> ClientConfig:
         "enable.auto.offset.store": False,
         "fetch.min.bytes": 1,
         "queued.max.messages.kbytes": 65536,
+        "fetch.queue.backoff.ms": 10,
         "enable.partition.eof": True,
     }
 

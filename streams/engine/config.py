@@ -16,7 +16,11 @@ class EngineConfig(BaseModel):
         default=None, description="Consumer group (default: siem-export-<connector>)."
     )
     lane_max_events: int = Field(
-        default=1000, ge=1, description="Events one tenant lane may hold in memory."
+        default=5000,
+        ge=1,
+        description="Events one tenant lane may hold in memory. Past it the lane parks and "
+        "re-reads later, which costs a fetch restart: keep it well above a fetch batch. A "
+        "failing lane drops its queue anyway after park_after_failures.",
     )
     process_max_events: int = Field(
         default=100_000,

@@ -153,6 +153,7 @@ class PartitionLanes:
         self.lanes: dict[str, Lane] = {}
         self.revoked = False
         self.rewind_to: int | None = None
+        self._catch_up_horizon = -1  # highest catching_up_until ever given to a lane
         parsed = parse_metadata(metadata, committed)
         if parsed is not None:
             self.inherited_p, lagging = parsed
@@ -160,6 +161,7 @@ class PartitionLanes:
                 self.lanes[tenant] = Lane(
                     tenant, high_water=offset - 1, catching_up_until=self.inherited_p
                 )
+            self._catch_up_horizon = self.inherited_p
 
     def lane(self, tenant_id: str) -> Lane:
         lane = self.lanes.get(tenant_id)
@@ -181,9 +183,11 @@ class PartitionLanes:
         self.read_pos = offset + 1
         if offset > self.high:
             self.high = offset
-        for lane in self.lanes.values():
-            if lane.catching_up_until is not None and self.read_pos > lane.catching_up_until:
-                lane.catching_up_until = None
+        # Visiting every lane per record would cost O(tenants): only near a catch-up zone.
+        if offset <= self._catch_up_horizon:
+            for lane in self.lanes.values():
+                if lane.catching_up_until is not None and self.read_pos > lane.catching_up_until:
+                    lane.catching_up_until = None
 
     def catching_up(self) -> bool:
         return any(
@@ -224,6 +228,7 @@ class PartitionLanes:
         if start <= self.high:
             # Its records up to ``high`` were skipped while parked: it lags until re-read.
             lane.catching_up_until = max(lane.catching_up_until or -1, self.high)
+            self._catch_up_horizon = max(self._catch_up_horizon, lane.catching_up_until)
 
     def apply_rewind(self) -> int | None:
         """The offset to seek to, if lanes asked to re-read; call right before seeking.
