@@ -698,7 +698,11 @@ def _main(args: argparse.Namespace, time_left: Any, summary: list[str]) -> None:
         print(f"  ceiling (consume + decode + JSON):      {ceiling2}", flush=True)
         res = run_rss_child(kafka, backlog, dead, healthy, time_left())
         healthy_run = res.run
-        print("  child engine (default caps: lane_max_events 1000, process_max_events 100000):")
+        caps = EngineConfig()
+        print(
+            f"  child engine (default caps: lane_max_events {caps.lane_max_events}, "
+            f"process_max_events {caps.process_max_events}):"
+        )
         for line in describe_run(healthy_run, ceiling2, indent="    "):
             print(line)
         print(
