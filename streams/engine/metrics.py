@@ -22,7 +22,8 @@ class EngineMetrics:
         )
         self.skipped = Counter(
             f"{ns}_skipped",
-            "Records skipped as already acknowledged (after a restart or re-read).",
+            "Records skipped: already handled (after a restart or re-read), or their lane is "
+            "parked and will read them again.",
             ["connector"],
             registry=registry,
         )
