@@ -6,7 +6,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import click
 
@@ -136,7 +136,6 @@ def generate(
     """Publish realistic synthetic audit events across all eight categories."""
     settings = settings_of(ctx)
     if start is not None and start.tzinfo is None:
-        from datetime import UTC
 
         start = start.replace(tzinfo=UTC)
     try:
