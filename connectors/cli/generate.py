@@ -136,7 +136,6 @@ def generate(
     """Publish realistic synthetic audit events across all eight categories."""
     settings = settings_of(ctx)
     if start is not None and start.tzinfo is None:
-
         start = start.replace(tzinfo=UTC)
     try:
         report = generate_events(
