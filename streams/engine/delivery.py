@@ -118,8 +118,9 @@ class Delivering(Dispatching):
         now = time.time()
         name = self.sink.name
         self.metrics.delivered.labels(name).inc(len(events))
+        latency = self.metrics.latency.labels(name)  # one child lookup per batch, not per event
         for env in events:
-            self.metrics.latency.labels(name).observe(max(0.0, now - env.timestamp_ms / 1000))
+            latency.observe(max(0.0, now - env.timestamp_ms / 1000))
         if self.cfg.tenant_labels:
             self.metrics.tenant_delivered.labels(name, lane.tenant_id).inc(len(events))
 

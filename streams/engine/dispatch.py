@@ -94,7 +94,8 @@ class Dispatching(Committing):
             )
             return
         tenant = event["tenant_id"]
-        lane = part.wants(tenant, offset)
+        # A keyed record's lane was looked up already (the key equals tenant_id here).
+        lane = keyed if keyed is not None else part.wants(tenant, offset)
         if lane is None:
             self.metrics.skipped.labels(self.sink.name).inc()
             return
