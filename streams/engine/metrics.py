@@ -3,7 +3,9 @@ tenant ids only when an operator turns ``engine.tenant_labels`` on."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from streams.engine.histogram import BatchHistogram
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 
@@ -99,12 +101,12 @@ class EngineMetrics:
             ["connector", "event"],
             registry=registry,
         )
-        self.latency = Histogram(
+        self.latency = BatchHistogram(
             f"{ns}_delivery_latency_seconds",
             "From the record's Kafka timestamp to the destination's acknowledgement.",
             ["connector"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry,
         )
         self.tenant_delivered = Counter(
             f"{ns}_tenant_delivered",
