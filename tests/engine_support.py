@@ -22,9 +22,13 @@ class RecordingSink:
 
     name = "test"
 
-    def __init__(self, max_batch: int = 50, delay: float = 0.0) -> None:
+    def __init__(
+        self, max_batch: int = 50, delay: float = 0.0, settle_at_most: int | None = None
+    ) -> None:
         self.max_batch = max_batch
         self.delay = delay
+        self.settle_at_most = settle_at_most  # answer for only the first N events of a batch
+        self.batch_sizes: list[int] = []
         self.delivered: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
         self.failing: set[str] = set()
         self.reject: set[str] = set()  # event ids refused for good
@@ -37,6 +41,11 @@ class RecordingSink:
             await asyncio.sleep(self.delay)
         if tenant_id in self.failing:
             raise SinkError(f"destination of {tenant_id} is down", retriable=True)
+        self.batch_sizes.append(len(batch))
+        settled: int | None = None
+        if self.settle_at_most is not None and len(batch) > self.settle_at_most:
+            settled = self.settle_at_most
+            batch = batch[:settled]
         rejected = {
             i: "refused by test" for i, e in enumerate(batch) if e.event["event_id"] in self.reject
         }
@@ -44,7 +53,9 @@ class RecordingSink:
             assert env.tenant_id == tenant_id == env.event["tenant_id"]
             if i not in rejected:
                 self.delivered[tenant_id].append((env.partition, env.offset, env.event["event_id"]))
-        return SendResult(rejected=rejected) if rejected else None
+        if rejected or settled is not None:
+            return SendResult(rejected=rejected, settled=settled)
+        return None
 
     async def close(self) -> None:
         self.closed = True

@@ -69,6 +69,11 @@ class Delivering(Dispatching):
             return
         if part.revoked:
             return
+        problem = _contract_breach(batch, result)
+        if problem is not None:
+            # A sink bug: nothing of the batch counts as acknowledged.
+            await self._after_failure(part, lane, SinkError(problem, retriable=True))
+            return
         self._settle_batch(part, lane, batch, result)
 
     def _settle_batch(
@@ -85,9 +90,13 @@ class Delivering(Dispatching):
             )
         lane.failures = 0
         lane.failing_since = None
+        settled = len(batch)
+        if result is not None and result.settled is not None:
+            settled = result.settled
+        done, rest = (batch, []) if settled == len(batch) else (batch[:settled], batch[settled:])
         rejected = result.rejected if result is not None else {}
         for index, reason in rejected.items():
-            env = batch[index]
+            env = done[index]
             self._dead_letter(
                 part,
                 lane,
@@ -103,14 +112,15 @@ class Delivering(Dispatching):
                     env.tenant_id,
                 ),
             )
-        lane.in_flight = []
-        self._in_flight -= len(batch)
+        # Whatever was not settled stays in flight and goes first in the next send.
+        lane.in_flight = rest
+        self._in_flight -= len(done)
         if result is not None and result.pending is not None:
-            custody = Custody(batch[0].offset, batch[-1].offset, batch, result.pending)
+            custody = Custody(done[0].offset, done[-1].offset, done, result.pending)
             lane.custody.append(custody)
             result.pending.add_done_callback(lambda f: self._custody_done(part, lane, custody))
             return
-        self._acknowledged(lane, [e for i, e in enumerate(batch) if i not in rejected])
+        self._acknowledged(lane, [e for i, e in enumerate(done) if i not in rejected])
 
     def _acknowledged(self, lane: Lane, events: list[Envelope]) -> None:
         if not events:
@@ -198,3 +208,16 @@ class Delivering(Dispatching):
             if left <= 0:
                 return
             await asyncio.sleep(min(left, 0.5))
+
+
+def _contract_breach(batch: list[Envelope], result: SendResult | None) -> str | None:
+    """What is wrong with a sink's answer, or None (see ``streams.engine.sink``)."""
+    if result is None:
+        return None
+    settled = len(batch) if result.settled is None else result.settled
+    if not 1 <= settled <= len(batch):
+        return f"sink answered settled={result.settled} for a batch of {len(batch)}"
+    wrong = [i for i in result.rejected if not 0 <= i < settled]
+    if wrong:
+        return f"sink rejected events {wrong[:5]} outside the {settled} it settled"
+    return None

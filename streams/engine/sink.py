@@ -9,6 +9,9 @@ it came from) of ONE tenant, in partition order, and answers one of three ways:
 * return ``SendResult(pending=future)``: the sink took the events into its own custody (a
   file being assembled, say) and resolves the future once they are durable, or fails it;
   the engine goes on handing it the next batches meanwhile and acknowledges in order;
+* return ``SendResult(settled=n)`` (with or without ``rejected``/``pending``): the answer
+  covers only the first ``n`` events (one request of a destination that takes fewer events
+  than it was offered, say); the rest stays in flight and is offered again at once, first;
 * raise ``SinkError``: nothing of the batch is acknowledged; the engine retries the same
   batch later (``retriable`` and ``retry_after`` say when), never reordering the lane.
 """
@@ -51,6 +54,8 @@ class SendResult:
 
     rejected: Mapping[int, str] = field(default_factory=dict)
     pending: asyncio.Future[None] | None = None
+    settled: int | None = None
+    """How many events from the start of the batch this answer covers (None: all)."""
 
 
 class Sink(Protocol):

@@ -248,3 +248,28 @@ async def test_stall_watchdog_flags_a_partition_with_lag_and_no_progress(
     assert registry.get_sample_value("siem_export_partition_stalled", labels) == 0
     engine.request_stop()
     await run
+
+
+async def test_a_sink_that_settles_part_of_a_batch_gets_the_rest_next_in_order(
+    kafka_bootstrap: str,
+) -> None:
+    topics = fresh_topics(kafka_bootstrap, partitions=2)
+    events = publish(kafka_bootstrap, topics.events, 600, 4, seed=31)
+    sink = RecordingSink(max_batch=40, settle_at_most=3)
+    sink.reject.add(events[5]["event_id"])
+    engine = _engine(kafka_bootstrap, topics, sink, "eng-partial")
+    run = asyncio.create_task(engine.run())
+    await _until(lambda: sink.count() >= len(events) - 1)
+    await asyncio.sleep(0.5)
+    engine.request_stop()
+    await run
+
+    delivered = [d[2] for v in sink.delivered.values() for d in v]
+    assert sorted(delivered) == sorted(e["event_id"] for e in events[:5] + events[6:])
+    assert len(delivered) == len(set(delivered)), "a settled event was offered again"
+    for tenant, deliveries in sink.delivered.items():
+        assert _offsets_in_order(deliveries), tenant
+    # The engine offered more than the sink took at once, and offered the remainder again.
+    assert max(sink.batch_sizes) > 3
+    committed = _committed(kafka_bootstrap, topics.events, "eng-partial", 2)
+    assert sum(tp.offset for tp in committed) == len(events)
