@@ -15,6 +15,7 @@ from connectors.cli.context import CliContext
 from connectors.cli.demo import demo
 from connectors.cli.generate import generate
 from connectors.cli.kafka import kafka
+from connectors.cli.run import run
 from connectors.cli.topics import topics
 
 
@@ -32,7 +33,7 @@ def cli(ctx: click.Context, settings_file: Path | None) -> None:
     ctx.obj = CliContext(settings_file)
 
 
-for command in (kafka, topics, generate, demo):
+for command in (kafka, topics, generate, run, demo):
     cli.add_command(command)
 
 

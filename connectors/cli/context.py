@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from connectors.errors import SettingsError
+from connectors.logs import configure_logging
 from connectors.settings import Settings, load_settings
 
 EXIT_USAGE = 2
@@ -30,10 +30,7 @@ class CliContext:
             except SettingsError as exc:
                 click.echo(f"siem-export: {exc}", err=True)
                 raise SystemExit(EXIT_USAGE) from exc
-            logging.basicConfig(
-                level=self._settings.log_level,
-                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            )
+            configure_logging(self._settings.log_level)
         return self._settings
 
 

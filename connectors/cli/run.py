@@ -1,0 +1,83 @@
+"""``siem-export run <method>``: one delivery method as a consumer-group process.
+
+Each method is its own process (and Kubernetes Deployment): it reads the audit topic in the
+consumer group ``siem-export-<method>``, delivers through its sink, commits only what the
+destination acknowledged, serves /metrics, /healthz and /readyz, and stops cleanly on
+SIGTERM. Wrong settings or a wrong destinations file exit with 2 before anything starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import click
+
+from connectors.cli.context import EXIT_USAGE, fail, settings_of
+from connectors.destinations import Destinations, DestinationsWatcher, load_destinations
+from connectors.errors import SettingsError
+from connectors.health import DestinationHealth
+from connectors.runtime import run_connector
+from connectors.settings import Settings
+from connectors.webhook.sink import METHOD as WEBHOOK
+from connectors.webhook.sink import WebhookSink
+from streams.alerts import AlertPublisher
+
+_DESTINATIONS_OPTION = click.option(
+    "--destinations",
+    "destinations_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="YAML file of per-tenant destinations (or SIEM_EXPORT_DESTINATIONS_FILE).",
+)
+
+
+@click.group()
+def run() -> None:
+    """Run one delivery method (a consumer-group process; scale it with replicas)."""
+
+
+@run.command("webhook")
+@_DESTINATIONS_OPTION
+@click.pass_context
+def webhook(ctx: click.Context, destinations_file: Path | None) -> None:
+    """Deliver each tenant's events by HTTPS POST to its webhook endpoint, in order."""
+    settings = settings_of(ctx)
+    path, destinations = _destinations(settings, destinations_file)
+    raise SystemExit(asyncio.run(_run_webhook(settings, path, destinations)))
+
+
+def _destinations(settings: Settings, option: Path | None) -> tuple[Path, Destinations]:
+    path = option or settings.destinations_file
+    if path is None:
+        raise fail(
+            "no destinations file: pass --destinations FILE or set SIEM_EXPORT_DESTINATIONS_FILE",
+            EXIT_USAGE,
+        )
+    try:
+        return path, load_destinations(path)
+    except SettingsError as exc:
+        raise fail(str(exc), EXIT_USAGE) from exc
+
+
+async def _run_webhook(settings: Settings, path: Path, destinations: Destinations) -> int:
+    alerts = AlertPublisher(settings.kafka, settings.topics.alerts)
+    try:
+        health = DestinationHealth(WEBHOOK, settings.webhook.health, alerts.publish)
+        sink = WebhookSink(settings.webhook, destinations, health)
+        watcher = DestinationsWatcher(
+            path,
+            sink.update_destinations,
+            interval=settings.webhook.reload_seconds,
+            current=destinations,
+        )
+        reload = asyncio.create_task(watcher.run(), name="destinations-reload")
+        try:
+            return await run_connector(settings, sink)
+        finally:
+            reload.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reload
+    finally:
+        await asyncio.to_thread(alerts.close)
