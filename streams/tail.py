@@ -70,9 +70,17 @@ def read_records(
     try:
         partitions = _assign_all(consumer, topic, idle_timeout)
         at_end: set[int] = set()
+        next_offset: dict[int, int] = {}
         seen = 0
         last_data = time.monotonic()
-        while len(at_end) < partitions and time.monotonic() - last_data < idle_timeout:
+        while time.monotonic() - last_data < idle_timeout:
+            if len(at_end) == partitions:
+                # Every partition reported its end; confirm against the broker's high
+                # watermarks so an early end-of-partition event cannot cut the read short.
+                behind = _behind(consumer, topic, next_offset, partitions)
+                if not behind:
+                    break
+                at_end -= behind
             messages = consumer.consume(batch_size, timeout=0.5)
             for msg in messages:
                 err = msg.error()
@@ -83,6 +91,7 @@ def read_records(
                         continue
                     raise KafkaException(err)
                 at_end.discard(partition)
+                next_offset[partition] = (msg.offset() or 0) + 1
                 last_data = time.monotonic()
                 value = msg.value() or b""
                 event: AuditEvent | None = None
@@ -98,3 +107,15 @@ def read_records(
                     return
     finally:
         consumer.close()
+
+
+def _behind(consumer: Consumer, topic: str, position: dict[int, int], partitions: int) -> set[int]:
+    """Partitions whose high watermark lies past what was read from them."""
+    behind = set()
+    for partition in range(partitions):
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=5, cached=False
+        )
+        if high > max(position.get(partition, 0), low):
+            behind.add(partition)
+    return behind

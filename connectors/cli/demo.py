@@ -2,7 +2,8 @@
 
 Starts (or reuses) the local Kafka of ``.kafka/``, creates the topics, publishes a stream of
 synthetic audit events, reads them back from the topic and prints some exactly as a customer's
-SIEM receives them, with a summary. Later connectors extend it with real deliveries.
+SIEM receives them, with a summary; then runs the webhook connector (a real
+``siem-export run webhook`` process) into a local receiver and shows what arrived.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import click
 
 from connectors.cli.context import fail, settings_of
+from connectors.cli.demo_webhook import run_webhook_demo
 from connectors.cli.generate import generate_events
 from connectors.settings import Settings
 from streams import devbroker
@@ -111,6 +113,7 @@ def _run(settings: Settings, count: int, tenants: int, show: int) -> None:
     bad = 0
     by_category: Counter[tuple[str, str]] = Counter()
     tenant_ids: set[str] = set()
+    expected: dict[str, list[str]] = {}
     samples: list[bytes] = []
     for record in read_records(settings.kafka, settings.topics.events, idle_timeout=10.0):
         if record.event is None:
@@ -121,6 +124,7 @@ def _run(settings: Settings, count: int, tenants: int, show: int) -> None:
             continue  # from an earlier demo run on the same broker
         seen += 1
         tenant_ids.add(str(event["tenant_id"]))
+        expected.setdefault(str(event["tenant_id"]), []).append(str(event["event_id"]))
         by_category[(str(event["action"]).split(".", 1)[0], str(event["outcome"]))] += 1
         if len(samples) < show and (
             not samples or event["outcome"] != "success" or len(samples) == show - 1
@@ -139,3 +143,6 @@ def _run(settings: Settings, count: int, tenants: int, show: int) -> None:
         click.echo(f"   {category:<16}{row[0]:>9}{row[1]:>9}{row[2]:>9}")
     if seen != report.delivered:
         raise StreamsError(f"published {report.delivered} events but read back {seen}")
+
+    click.echo("5. Webhook delivery: the connector process POSTs each tenant's events in order")
+    run_webhook_demo(settings, since, expected, show)

@@ -124,7 +124,13 @@ def test_readme_demo_runs_end_to_end(tmp_path: Path, kafka_lib_dir: Path) -> Non
     out = proc.stdout
     assert "300 delivered" in out
     assert "300 events of this run read back from the topic, 4 tenants, 0 undecodable" in out
-    assert out.count('{"event_id":"evt_') == 3
+    step4, _, step5 = out.partition("5. Webhook delivery")
+    assert step4.count('{"event_id":"evt_') == 3
+    # The real connector process delivered every event, signed and in order, then stopped.
+    assert "300 of 300 events arrived" in step5
+    assert "connector stopped with exit code 0" in step5
+    assert "4 tenants, 4 received in partition order; 0 duplicates; 0 bad signatures" in step5
+    assert "webhook-signature: v1," in step5
     assert "Stopped the broker" in out
     status = _run(["kafka", "status"], None, cwd=tmp_path)
     assert status.returncode == 3
