@@ -66,6 +66,7 @@ class Hit:
     query: str
     headers: dict[str, str]
     body: bytes
+    peer: tuple[str, int] | None = None  # the client's socket address
 
     def events(self) -> list[Any]:
         """The events of a generic JSON body (an object or an array)."""
@@ -126,7 +127,14 @@ class Receiver:
         return web.Response(status=204)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        hit = Hit(request.path, request.query_string, dict(request.headers), await request.read())
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        hit = Hit(
+            request.path,
+            request.query_string,
+            dict(request.headers),
+            await request.read(),
+            (peer[0], peer[1]) if peer else None,
+        )
         self.hits.append(hit)
         if self.verifier is not None:
             try:

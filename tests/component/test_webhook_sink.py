@@ -7,6 +7,7 @@ the default settings, where loopback is refused.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -594,3 +595,32 @@ async def test_secrets_never_reach_errors_alerts_or_logs(
     secrets += [s.removeprefix("whsec_") for s in (SECRET_A, SECRET_B)]
     for secret in secrets:
         assert not [text for text in texts if secret in text], secret
+
+
+async def test_many_tenants_share_a_bounded_keep_alive_pool_per_host(
+    serve: ServeFn, make_rig: RigFn, ca_bundle: Path
+) -> None:
+    active = 0
+    peak = 0
+
+    async def slow(hit: Hit) -> web.StreamResponse:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+        return web.Response(status=204)
+
+    receiver = await serve(answer=slow)
+    settings = LOOPBACK_OK.model_copy(update={"max_connections_per_host": 4})
+    tenants = [f"tnt_pool{i:02d}" for i in range(40)]
+    rig = make_rig({"*": hook(f"{receiver.base}/in", ca_bundle)}, settings)
+    for _ in range(3):  # three rounds: later rounds reuse the kept-alive connections
+        results = await asyncio.gather(
+            *(rig.sink.send(t, envelopes(t, 1, seed=i)) for i, t in enumerate(tenants))
+        )
+        assert results == [None] * len(tenants)
+    assert len(receiver.hits) == 3 * len(tenants)
+    assert peak <= 4
+    peers = {hit.peer for hit in receiver.hits}
+    assert len(peers) <= 4, f"{len(peers)} sockets for one host"
