@@ -7,9 +7,13 @@ guard said no). What an answer *means* (ack, retry, pause, disable) is the sink'
 
 Connections: keep-alive, at most ``max_connections`` for the process and
 ``max_connections_per_host`` per host, so thousands of tenants pointing at one SIEM share a
-small pool instead of opening thousands of sockets. Redirects are never followed (a 3xx is an
-answer like any other). TLS verification is always on; a destination may name its own CA
-bundle and a client certificate (mTLS): one ``ssl.SSLContext`` per distinct set, cached.
+small pool instead of opening thousands of sockets. Requests queue for those connections in
+FIFO order (our own semaphores in front of aiohttp's pool): aiohttp hands a released connection
+to whichever request asks next, so a tenant lane that re-sends at once would keep winning it
+while another waited until its timeout (a false failure of a healthy endpoint). Redirects are
+never followed (a 3xx is an answer like any other). TLS verification is always on; a
+destination may name its own CA bundle and a client certificate (mTLS): one ``ssl.SSLContext``
+per distinct set, cached.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -63,6 +68,9 @@ class WebhookTransport:
         self._inner_resolver = inner_resolver
         self._session: aiohttp.ClientSession | None = None
         self._contexts: dict[TlsKey, ssl.SSLContext] = {}
+        # Fair (FIFO) turns for connections, per (scheme, host:port) and for the process.
+        self._host_slots: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self._all_slots = asyncio.Semaphore(settings.max_connections)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -100,7 +108,24 @@ class WebhookTransport:
     async def post(
         self, url: str, body: bytes, headers: Mapping[str, str], tls: ssl.SSLContext | None
     ) -> Answer:
-        """POST ``body``; an Answer for any HTTP status, else DeliveryFailed/DestinationRefused."""
+        """POST ``body``; an Answer for any HTTP status, else DeliveryFailed/DestinationRefused.
+
+        The wait for a connection turn is not part of the request's timeout: only the request
+        itself (connect, send, answer) can time out.
+        """
+        parts = urlsplit(url)
+        host = (parts.scheme, parts.netloc.lower())
+        slot = self._host_slots.get(host)
+        if slot is None:
+            slot = self._host_slots[host] = asyncio.Semaphore(
+                self.settings.max_connections_per_host
+            )
+        async with slot, self._all_slots:
+            return await self._post(url, body, headers, tls)
+
+    async def _post(
+        self, url: str, body: bytes, headers: Mapping[str, str], tls: ssl.SSLContext | None
+    ) -> Answer:
         try:
             async with self._client().post(
                 url,

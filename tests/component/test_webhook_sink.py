@@ -624,3 +624,29 @@ async def test_many_tenants_share_a_bounded_keep_alive_pool_per_host(
     assert peak <= 4
     peers = {hit.peer for hit in receiver.hits}
     assert len(peers) <= 4, f"{len(peers)} sockets for one host"
+
+
+async def test_senders_take_fair_turns_for_a_small_pool_and_none_times_out(
+    serve: ServeFn, make_rig: RigFn, ca_bundle: Path
+) -> None:
+    async def brief(hit: Hit) -> web.StreamResponse:
+        await asyncio.sleep(0.01)
+        return web.Response(status=204)
+
+    receiver = await serve(answer=brief)
+    # 100 lanes re-sending at once through 2 connections: a turn comes every ~0.5 s, well
+    # inside the 2 s timeout, but only if turns are fair (a lane that re-sends at once must
+    # not keep winning a released connection while another waits).
+    settings = LOOPBACK_OK.model_copy(
+        update={"max_connections_per_host": 2, "timeout_seconds": 2.0}
+    )
+    rig = make_rig({"*": hook(f"{receiver.base}/in", ca_bundle)}, settings)
+
+    async def lane(number: int) -> int:
+        tenant = f"tnt_fair{number:03d}"
+        for env in envelopes(tenant, 5, seed=number):
+            assert await rig.sink.send(tenant, [env]) is None
+        return 5
+
+    assert sum(await asyncio.gather(*(lane(n) for n in range(100)))) == 500
+    assert len(receiver.hits) == 500
