@@ -1,0 +1,1239 @@
+"""Webhook connector throughput and latency against a real HTTP receiver, vs the raw ceiling.
+
+    .venv/bin/python bench/webhook.py [--count 100000] [--tenants 100] [--partitions 12]
+                                      [--latency-seconds 15] [--latency-rate 1000]
+                                      [--latency-per-request 1] [--connections-per-host N]
+                                      [--phases single,batched,latency] [--https] [--profile]
+                                      [--bootstrap HOST:PORT]
+
+The connector runs as production runs it: ``python -m connectors run webhook`` in a child
+process, configured only through SIEM_EXPORT_* variables and a destinations file
+(``"*": {webhook: {url: http://127.0.0.1:PORT/in, max_events_per_request: N}}``), with its ops
+endpoints on a free port (/readyz says when it has partitions, /metrics is scraped at the end).
+The receiver is an aiohttp server in another child process (plain http by default, https with
+a trustme certificate with --https): it answers 204, counts events (a JSON object is one, an
+array its length) and records every event id per tenant in arrival order, with the arrival
+time (time.time()) of each id's first copy.
+
+(1) publish N events (--count) of --tenants tenants to a fresh --partitions topic with the real
+    publisher; (2) ceiling: a bare consumer decodes every record and encodes it to JSON;
+(3) 1 event per POST, fresh consumer group: rates from launch / readiness / first arrival to
+    the receiver holding all N distinct events; (4) the same with max_events_per_request: 100;
+(5) latency: fresh topic and group, connector ready and warmed up, then events published at
+    --latency-rate for --latency-seconds; publish-call time (time.time()) to receive time,
+    p50/p99/max, next to the same events' latency to a bare consumer in this script (the
+    Kafka path alone, polling without waiting for a batch to fill).
+After each phase the connector is stopped (SIGTERM: drain and commit) and what the receiver
+got is checked against what was published: duplicates, missing, tenants out of order.
+With --profile, extra passes (1 and 100 events per POST) run the connector under cProfile
+(the asyncio loop thread only) and print where its time goes.
+
+The machine has 2 cores shared by the Kafka broker (JVM), the connector, the receiver and this
+script: the receiver's CPU is CPU the connector does not get. The whole run aborts past 15
+minutes; every child process (and the broker, if this script started it) is stopped on exit,
+error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import multiprocessing
+import os
+import platform
+import pstats
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+import orjson  # noqa: E402
+from aiohttp import web  # noqa: E402
+from confluent_kafka import Consumer, KafkaException, TopicPartition  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from connectors.webhook.config import WebhookSettings  # noqa: E402
+from streams.codec import AuditEventCodec  # noqa: E402
+from streams.config import KafkaConfig, TopicsConfig  # noqa: E402
+from streams.engine.config import EngineConfig  # noqa: E402
+from streams.publisher import Publisher, producer_config  # noqa: E402
+from streams.synthetic import EventFactory  # noqa: E402
+from streams.tail import tail_consumer_config  # noqa: E402
+from streams.topics import ensure_topics, standard_topics  # noqa: E402
+
+TIME_LIMIT_SECONDS = 15 * 60
+ROOT = Path(__file__).resolve().parent.parent
+BATCHED = 100  # max_events_per_request of the batched phase
+WARMUP_EVENTS = 500  # published (at the latency rate) before the latency measurement
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# A connector log line: "<date> <time> LEVEL logger: Message. key=value key=value ..."
+_LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) (\S+): (.*?)((?: [a-z_]+=\S.*)?)$")
+_ERROR_FIELD = re.compile(r' error=("(?:[^"\\]|\\.)*"|\S+)')
+# No proxies from the environment for our own loopback requests.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class BenchTimeout(Exception):
+    """The whole benchmark ran past TIME_LIMIT_SECONDS."""
+
+
+# --- CPU accounting ------------------------------------------------------------------------------
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (all threads) so far; 0.0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores together."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+def broker_pid() -> int | None:
+    """The dev broker this script started: a child JVM of ours (None with --bootstrap)."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm, rest = (entry / "stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        if int(rest.split()[1]) == me and comm.endswith("(java"):
+            return int(entry.name)
+    return None
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds so far of each process involved, and of the whole machine."""
+
+    connector: float
+    receiver: float
+    broker: float
+    script: float
+    machine_busy: float
+    machine_total: float
+    at: float
+
+    @classmethod
+    def take(cls, connector_pid: int, receiver_pid: int) -> CpuSample:
+        busy, total = machine_cpu()
+        pid = broker_pid()
+        return cls(
+            process_cpu(connector_pid),
+            process_cpu(receiver_pid),
+            process_cpu(pid) if pid else float("nan"),
+            process_cpu(os.getpid()),
+            busy,
+            total,
+            time.perf_counter(),
+        )
+
+
+def describe_cpu(a: CpuSample, b: CpuSample) -> str:
+    seconds = b.at - a.at
+    wall = max(seconds, 1e-9)
+    cores = _common.cpu_count()
+    machine = (b.machine_busy - a.machine_busy) / max(b.machine_total - a.machine_total, 1e-9)
+    broker = "n/a (--bootstrap)" if b.broker != b.broker else f"{(b.broker - a.broker) / wall:.2f}"
+    return (
+        f"CPU over {seconds:.1f} s, in cores: connector {(b.connector - a.connector) / wall:.2f}, "
+        f"receiver {(b.receiver - a.receiver) / wall:.2f}, broker {broker}, this script "
+        f"{(b.script - a.script) / wall:.2f}; machine {machine:.0%} busy of {cores} cores"
+    )
+
+
+# --- the receiver (child process) ----------------------------------------------------------------
+
+
+class ReceiverState:
+    """What the receiver recorded since the last reset (lives in the receiver process)."""
+
+    def __init__(self) -> None:
+        self.reset("idle", 0)
+
+    def reset(self, phase: str, target: int) -> None:
+        self.phase = phase
+        self.target = target
+        self.requests = 0
+        self.events = 0
+        self.bad_requests = 0
+        self.peers: set[Any] = set()
+        self.sizes: Counter[int] = Counter()
+        self.tenant_requests: Counter[str] = Counter()
+        self.by_tenant: defaultdict[str, list[str]] = defaultdict(list)
+        self.arrival: dict[str, float] = {}
+        self.first: float | None = None
+        self.last: float | None = None
+        self.done_at: float | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        now = time.time()
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            self.bad_requests += 1
+            return web.Response(status=400)
+        events = data if isinstance(data, list) else [data]
+        self.requests += 1
+        self.peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        self.events += len(events)
+        self.sizes[len(events)] += 1
+        if events:
+            self.tenant_requests[events[0]["tenant_id"]] += 1
+        arrival = self.arrival
+        by_tenant = self.by_tenant
+        for event in events:
+            event_id = event["event_id"]
+            by_tenant[event["tenant_id"]].append(event_id)
+            if event_id not in arrival:
+                arrival[event_id] = now
+        if self.first is None:
+            self.first = now
+        self.last = now
+        if self.done_at is None and self.target and len(arrival) >= self.target:
+            self.done_at = now
+        return web.Response(status=204)
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "requests": self.requests,
+            "events": self.events,
+            "distinct": len(self.arrival),
+            "first": self.first,
+            "last": self.last,
+            "done_at": self.done_at,
+            "bad_requests": self.bad_requests,
+            "connections": len(self.peers),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return self.progress() | {
+            "sizes": dict(self.sizes),
+            "tenant_requests": dict(self.tenant_requests),
+            "by_tenant": dict(self.by_tenant),
+            "arrival": self.arrival,
+        }
+
+
+def receiver_main(conn: Connection, tls_files: tuple[str, str] | None) -> None:
+    """Child process: serve POST /in until told to stop; commands arrive on ``conn``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us, also on Ctrl-C
+    asyncio.run(_serve(conn, tls_files))
+
+
+async def _serve(conn: Connection, tls_files: tuple[str, str] | None) -> None:
+    state = ReceiverState()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/in", state.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    tls: ssl.SSLContext | None = None
+    if tls_files is not None:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(tls_files[0], tls_files[1])
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls, backlog=1024)
+    await site.start()
+    conn.send(("port", int(runner.addresses[0][1])))
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_command() -> None:
+        try:
+            command, arg = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            loop.remove_reader(conn.fileno())
+            stopped.set()
+            return
+        if command == "reset":
+            state.reset(*arg)
+            conn.send(None)
+        elif command == "progress":
+            conn.send(state.progress())
+        elif command == "stats":
+            conn.send(state.stats())
+        else:  # "stop"
+            loop.remove_reader(conn.fileno())
+            conn.send(None)
+            stopped.set()
+
+    loop.add_reader(conn.fileno(), on_command)
+    await stopped.wait()
+    await runner.cleanup()
+
+
+class Receiver:
+    """The parent's handle on the receiver process (a context manager that stops it)."""
+
+    def __init__(self, tls_files: tuple[str, str] | None) -> None:
+        self.tls_files = tls_files
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self._process = ctx.Process(
+            target=receiver_main, args=(child_conn, tls_files), name="bench-receiver"
+        )
+        self._child_conn = child_conn
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid or 0
+
+    def __enter__(self) -> Receiver:
+        self._process.start()
+        self._child_conn.close()
+        _, self.port = self._call_reply(60)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            if self._process.is_alive():
+                self._conn.send(("stop", None))
+                self._call_reply(5)
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+        self._conn.close()
+
+    def _call_reply(self, timeout: float) -> Any:
+        if not self._conn.poll(timeout):
+            alive = "alive" if self._process.is_alive() else f"exit {self._process.exitcode}"
+            raise RuntimeError(f"the receiver did not answer within {timeout:g} s ({alive})")
+        return self._conn.recv()
+
+    def call(self, command: str, arg: Any = None, timeout: float = 60) -> Any:
+        self._conn.send((command, arg))
+        return self._call_reply(timeout)
+
+    def reset(self, phase: str, target: int) -> None:
+        self.call("reset", (phase, target))
+
+    def progress(self) -> dict[str, Any]:
+        return dict(self.call("progress"))
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.call("stats", timeout=120))
+
+
+def make_tls(tmp: Path) -> tuple[tuple[str, str], Path]:
+    """Server certificate files for 127.0.0.1 (trustme) and the CA bundle that trusts them."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    chain, key, bundle = tmp / "server-chain.pem", tmp / "server-key.pem", tmp / "ca.pem"
+    for blob in cert.cert_chain_pems:
+        with chain.open("ab") as out:
+            out.write(blob.bytes())
+    cert.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(bundle))
+    return (str(chain), str(key)), bundle
+
+
+# --- the connector (child process) ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with _HTTP.open(url, timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+@dataclass(frozen=True)
+class ConnectorSpec:
+    kafka: KafkaConfig
+    topics: TopicsConfig
+    receiver_url: str
+    per_request: int
+    ca_bundle: Path | None
+    connections_per_host: int | None
+    tmp: Path
+    extra_env: tuple[tuple[str, str], ...] = ()
+    profile_to: Path | None = None
+
+
+class Connector:
+    """``siem-export run webhook`` in its own session, configured by environment + file."""
+
+    def __init__(self, spec: ConnectorSpec) -> None:
+        self.spec = spec
+        self.group = f"bench-webhook-{uuid.uuid4().hex[:8]}"
+        self.ops_port = free_port()
+        self.log_path = spec.tmp / f"connector-{self.group}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self.launched = 0.0
+        self.exit_code: int | None = None
+        self.stop_seconds = 0.0
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid if self._process is not None else 0
+
+    def _environment(self, destinations: Path) -> dict[str, str]:
+        s = self.spec
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SIEM_EXPORT_")}
+        env |= {
+            "PYTHONUNBUFFERED": "1",
+            "SIEM_EXPORT_LOG_LEVEL": "WARNING",
+            "SIEM_EXPORT_DESTINATIONS_FILE": str(destinations),
+            "SIEM_EXPORT_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
+            "SIEM_EXPORT_TOPICS__EVENTS": s.topics.events,
+            "SIEM_EXPORT_TOPICS__DLQ": s.topics.dlq,
+            "SIEM_EXPORT_TOPICS__ALERTS": s.topics.alerts,
+            "SIEM_EXPORT_TOPICS__CONFIG": s.topics.config,
+            "SIEM_EXPORT_ENGINE__GROUP_ID": self.group,
+            "SIEM_EXPORT_OPS__PORT": str(self.ops_port),
+            "SIEM_EXPORT_WEBHOOK__ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+            "SIEM_EXPORT_WEBHOOK__ALLOW_HTTP": "true" if s.ca_bundle is None else "false",
+        }
+        if s.connections_per_host is not None:
+            env["SIEM_EXPORT_WEBHOOK__MAX_CONNECTIONS_PER_HOST"] = str(s.connections_per_host)
+        env.update(s.extra_env)
+        return env
+
+    def __enter__(self) -> Connector:
+        s = self.spec
+        webhook: dict[str, Any] = {"url": s.receiver_url, "max_events_per_request": s.per_request}
+        if s.ca_bundle is not None:
+            webhook["ca_bundle"] = str(s.ca_bundle)
+        destinations = s.tmp / f"destinations-{self.group}.yaml"
+        # JSON is YAML: the "*" default sends every tenant to the receiver.
+        destinations.write_text(json.dumps({"tenants": {"*": {"webhook": webhook}}}))
+        argv = [sys.executable]
+        if s.profile_to is not None:
+            argv += ["-m", "cProfile", "-o", str(s.profile_to)]
+        argv += ["-m", "connectors", "run", "webhook"]
+        with self.log_path.open("wb") as log:
+            self.launched = time.time()
+            self._process = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
+                argv,
+                cwd=ROOT,
+                env=self._environment(destinations),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C is ours to handle: we stop it in __exit__
+            )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop(timeout=5 if exc is not None else 60)
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM (drain and commit), SIGKILL after ``timeout``."""
+        proc = self._process
+        if proc is None or self.exit_code is not None:
+            return
+        began = time.perf_counter()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.stop_seconds = time.perf_counter() - began
+        self.exit_code = proc.returncode
+
+    def check_alive(self) -> None:
+        if self._process is not None and self._process.poll() is not None:
+            raise RuntimeError(
+                f"the connector exited with {self._process.returncode}:\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_summary(self) -> dict[str, int]:
+        """Log records (WARNING and above: all the connector prints) counted by level, logger
+        and message, with the ``error=`` field when there is one; other lines as they are."""
+        counts: Counter[str] = Counter()
+        with contextlib.suppress(OSError):
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                record = _LOG_LINE.match(line)
+                if record is None:
+                    if line.strip() and not line.startswith((" ", "Traceback")):
+                        counts[line[:120]] += 1
+                    continue
+                level, logger, message, fields = record.groups()
+                error = _ERROR_FIELD.search(fields or "")
+                why = f" [{error.group(1).strip(chr(34))[:100]}]" if error else ""
+                counts[f"{level} {logger} {message}{why}"] += 1
+        return dict(counts)
+
+    def wait_ready(self, deadline: float) -> float:
+        """Poll /readyz until it answers 200 (partitions assigned); the time.time() it did."""
+        url = f"http://127.0.0.1:{self.ops_port}/readyz"
+        while True:
+            self.check_alive()
+            with contextlib.suppress(OSError):
+                if http_get(url, 1.0)[0] == 200:
+                    return time.time()
+            if time.monotonic() > deadline:
+                raise BenchTimeout("the connector did not become ready in time")
+            time.sleep(0.05)
+
+    def metrics(self) -> dict[str, float]:
+        """The connector's own and the engine's counters worth showing (name{labels}: value)."""
+        status, body = http_get(f"http://127.0.0.1:{self.ops_port}/metrics", 10)
+        if status != 200:
+            return {}
+        wanted = (
+            "siem_export_webhook_requests",
+            "siem_export_webhook_request_seconds",
+            "siem_export_webhook_batch_splits",
+            "siem_export_retried",
+            "siem_export_failed",
+            "siem_export_dead_lettered",
+            "siem_export_delivered",
+            "siem_export_skipped",
+            "siem_export_delivery_latency_seconds",
+        )
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            if not family.name.startswith(wanted):
+                continue
+            for sample in family.samples:
+                if sample.name.endswith(("_created", "_bucket")):
+                    continue
+                labels = ",".join(
+                    f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "connector"
+                )
+                out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+        return out
+
+
+# --- checking what arrived -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """What the receiver got compared with what was published."""
+
+    expected: int
+    received: int  # copies, duplicates included
+    distinct: int
+    duplicates: int
+    missing: int
+    unexpected: int
+    out_of_order: list[str]
+
+    def __str__(self) -> str:
+        order = "every tenant in publish order"
+        if self.out_of_order:
+            some = ", ".join(self.out_of_order[:5])
+            order = f"{len(self.out_of_order)} tenants OUT OF ORDER ({some})"
+        return (
+            f"received {self.received} copies of {self.distinct} distinct events of "
+            f"{self.expected} published: duplicates {self.duplicates}, missing {self.missing}, "
+            f"unexpected {self.unexpected}; {order}"
+        )
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.out_of_order)
+
+
+def expected_order(events: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    per_tenant: defaultdict[str, list[str]] = defaultdict(list)
+    for event in events:
+        per_tenant[event["tenant_id"]].append(event["event_id"])
+    return dict(per_tenant)
+
+
+def verify(expected: dict[str, list[str]], got: dict[str, list[str]]) -> Check:
+    """Order is judged on first arrivals: a re-delivered copy is a duplicate, not disorder."""
+    want = {e for ids in expected.values() for e in ids}
+    received = sum(len(ids) for ids in got.values())
+    distinct = {e for ids in got.values() for e in ids}
+    out_of_order = []
+    for tenant, ids in expected.items():
+        seen: set[str] = set()
+        firsts = []
+        for event_id in got.get(tenant, []):
+            if event_id not in seen:
+                seen.add(event_id)
+                firsts.append(event_id)
+        if [e for e in ids if e in seen] != [e for e in firsts if e in want]:
+            out_of_order.append(tenant)
+    return Check(
+        expected=len(want),
+        received=received,
+        distinct=len(distinct),
+        duplicates=received - len(distinct),
+        missing=len(want - distinct),
+        unexpected=len(distinct - want),
+        out_of_order=out_of_order,
+    )
+
+
+# --- phases --------------------------------------------------------------------------------------
+
+
+def make_topics(kafka: KafkaConfig, partitions: int, label: str) -> TopicsConfig:
+    stem = f"bench-wh-{label}-{uuid.uuid4().hex[:8]}"
+    topics = TopicsConfig(
+        events=f"{stem}.events",
+        events_partitions=partitions,
+        dlq=f"{stem}.dlq",
+        alerts=f"{stem}.alerts",
+        config=f"{stem}.config",
+    )
+    ensure_topics(kafka, standard_topics(topics))
+    return topics
+
+
+def warm_group_coordinator(kafka: KafkaConfig, topic: str) -> None:
+    """Make a fresh broker create its offsets topic before any timed run (as bench/engine.py)."""
+    consumer = Consumer(kafka.client_config() | {"group.id": f"bench-warm-{uuid.uuid4().hex[:8]}"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                consumer.committed([TopicPartition(topic, 0)], timeout=10)
+                return
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Delivery:
+    """One connector run until the receiver held every event (times are time.time())."""
+
+    label: str
+    per_request: int
+    events: int
+    launched: float
+    ready_at: float
+    first_at: float
+    done_at: float
+    requests: int
+    copies: int
+    sizes: dict[int, int]
+    arrivals: list[float]  # first-arrival times, sorted
+    cpu: str
+    slowest_lane: str
+    metrics: dict[str, float]
+    check: Check
+    exit_code: int | None
+    stop_seconds: float
+    logs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> _common.Rate:
+        """The headline: from /readyz (group joined, partitions assigned) to the last event;
+        like bench/engine.py's "from run()" without the interpreter's start."""
+        return _common.Rate(self.events, self.done_at - self.ready_at)
+
+    @property
+    def rate_from_launch(self) -> _common.Rate:
+        return _common.Rate(self.events, self.done_at - self.launched)
+
+    @property
+    def rate_from_first(self) -> _common.Rate:
+        """Flatters small runs: the backlog may be fetched and decoded before the first POST."""
+        return _common.Rate(self.events, self.done_at - self.first_at)
+
+    def share_time(self, share: float) -> float:
+        """Seconds from the first arrival until ``share`` of the events had arrived."""
+        index = min(len(self.arrivals) - 1, max(0, int(share * len(self.arrivals)) - 1))
+        return self.arrivals[index] - self.first_at if self.arrivals else 0.0
+
+
+def wait_for_all(
+    receiver: Receiver, connector: Connector | None, deadline: float, what: str
+) -> dict[str, Any]:
+    while True:
+        progress = receiver.progress()
+        if progress["done_at"] is not None:
+            return progress
+        if connector is not None:
+            connector.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchTimeout(
+                f"{what}: the receiver has {progress['distinct']} of the events after the "
+                f"time allowed"
+            )
+        time.sleep(0.1)
+
+
+def run_delivery(
+    label: str,
+    spec: ConnectorSpec,
+    receiver: Receiver,
+    expected: dict[str, list[str]],
+    time_left: Callable[[], float],
+) -> Delivery:
+    """A fresh consumer group from the start of the topic until the receiver has every event."""
+    count = sum(len(ids) for ids in expected.values())
+    receiver.reset(label, count)
+    with Connector(spec) as connector:
+        deadline = time.monotonic() + time_left()
+        ready_at = connector.wait_ready(deadline)
+        before = CpuSample.take(connector.pid, receiver.pid)
+        progress = wait_for_all(receiver, connector, deadline, label)
+        after = CpuSample.take(connector.pid, receiver.pid)
+        metrics = connector.metrics()
+        connector.stop()
+    stats = receiver.stats()  # after the stop: copies sent while draining count too
+    return Delivery(
+        label=label,
+        per_request=spec.per_request,
+        events=count,
+        launched=connector.launched,
+        ready_at=ready_at,
+        first_at=progress["first"],
+        done_at=progress["done_at"],
+        requests=progress["requests"],
+        copies=progress["events"],
+        sizes={int(k): v for k, v in stats["sizes"].items()},
+        arrivals=sorted(stats["arrival"].values()),
+        cpu=describe_cpu(before, after),
+        slowest_lane=slowest_lane(stats, progress["first"]),
+        metrics=metrics,
+        check=verify(expected, stats["by_tenant"]),
+        exit_code=connector.exit_code,
+        stop_seconds=connector.stop_seconds,
+        logs=connector.log_summary(),
+    )
+
+
+def slowest_lane(stats: dict[str, Any], first: float) -> str:
+    """The tenant whose events were complete last: a lane has one request in flight at a time,
+    so a big tenant's sequential round trips can bound the whole run."""
+    arrival: dict[str, float] = stats["arrival"]
+    by_tenant: dict[str, list[str]] = stats["by_tenant"]
+    if not by_tenant:
+        return "no events"
+    ends = {t: max(arrival[e] for e in ids) for t, ids in by_tenant.items()}
+    tenant = max(ends, key=lambda t: ends[t])
+    events = len(set(by_tenant[tenant]))
+    total = sum(len(ids) for ids in by_tenant.values())
+    posts = stats["tenant_requests"].get(tenant, 0)
+    start = min(arrival[e] for e in by_tenant[tenant])
+    per_post = (ends[tenant] - start) / max(posts - 1, 1) * 1000
+    biggest = max(by_tenant, key=lambda t: len(by_tenant[t]))
+    return (
+        f"last lane to finish: {tenant} ({events} events = {events / total:.1%}"
+        f"{', the largest tenant' if tenant == biggest else ''}) at "
+        f"{ends[tenant] - first:.2f} s, {posts} POSTs one after another, "
+        f"{per_post:.1f} ms apart"
+    )
+
+
+def paced_publish(
+    pub: Publisher, events: Sequence[dict[str, Any]], rate: float
+) -> tuple[dict[str, float], float]:
+    """Publish at ``rate`` events/s; (event id -> time.time() of its publish call, seconds)."""
+    sent: dict[str, float] = {}
+    began = time.perf_counter()
+    for index, event in enumerate(events):
+        delay = began + index / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sent[event["event_id"]] = time.time()
+        pub.publish(event)
+    return sent, time.perf_counter() - began
+
+
+class KafkaProbe(threading.Thread):
+    """A bare consumer in this script: when each event became consumable (the Kafka path alone).
+
+    It blocks in ``poll`` for the first record and takes the rest with ``consume(n, 0)``, so it
+    never waits for a batch to fill up.
+    """
+
+    def __init__(self, kafka: KafkaConfig, topic: str, partitions: int) -> None:
+        super().__init__(name="kafka-probe", daemon=True)
+        self.seen: dict[str, float] = {}
+        self._stop_event = threading.Event()
+        self._consumer = Consumer(tail_consumer_config(kafka) | {"enable.partition.eof": False})
+        self._consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+
+    def run(self) -> None:
+        codec = AuditEventCodec()
+        consumer = self._consumer
+        while not self._stop_event.is_set():
+            first = consumer.poll(0.1)
+            if first is None:
+                continue
+            now = time.time()
+            for msg in [first, *consumer.consume(1000, timeout=0)]:
+                if msg.error() is None:
+                    self.seen[codec.decode(msg.value() or b"")["event_id"]] = now
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+        self._consumer.close()
+
+
+def quantile(ordered: Sequence[float], q: float) -> float:
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Latency:
+    published: int
+    publish_seconds: float
+    latencies: list[float]  # seconds, sorted: publish call to receiver
+    kafka_latencies: list[float]  # seconds, sorted: publish call to the bare consumer
+    cpu: str
+    check: Check
+    metrics: dict[str, float]
+    logs: dict[str, int]
+
+
+def run_latency(
+    kafka: KafkaConfig,
+    args: argparse.Namespace,
+    receiver: Receiver,
+    make_spec: Callable[[TopicsConfig, int], ConnectorSpec],
+    time_left: Callable[[], float],
+) -> Latency:
+    topics = make_topics(kafka, args.partitions, "lat")
+    total = int(args.latency_rate * args.latency_seconds)
+    events = list(EventFactory(args.tenants, seed=3).events(WARMUP_EVENTS + total))
+    warmup, measured = events[:WARMUP_EVENTS], events[WARMUP_EVENTS:]
+    spec = make_spec(topics, args.latency_per_request)
+    probe = KafkaProbe(kafka, topics.events, args.partitions)
+    probe.start()
+    try:
+        with Connector(spec) as connector, Publisher(kafka, topics.events) as pub:
+            deadline = time.monotonic() + time_left()
+            connector.wait_ready(deadline)
+            # Warm up: connections open, lanes exist, the group has fetched once.
+            receiver.reset("warmup", WARMUP_EVENTS)
+            paced_publish(pub, warmup, args.latency_rate)
+            wait_for_all(receiver, connector, min(deadline, time.monotonic() + 60), "warm-up")
+            receiver.reset("latency", total)
+            before = CpuSample.take(connector.pid, receiver.pid)
+            sent, seconds = paced_publish(pub, measured, args.latency_rate)
+            pub.flush(30)
+            wait_for_all(receiver, connector, min(deadline, time.monotonic() + 60), "latency")
+            after = CpuSample.take(connector.pid, receiver.pid)
+            metrics = connector.metrics()
+            connector.stop()
+    finally:
+        probe.stop()
+    stats = receiver.stats()
+    arrival: dict[str, float] = stats["arrival"]
+    return Latency(
+        published=total,
+        publish_seconds=seconds,
+        latencies=sorted(arrival[e] - t for e, t in sent.items() if e in arrival),
+        kafka_latencies=sorted(probe.seen[e] - t for e, t in sent.items() if e in probe.seen),
+        cpu=describe_cpu(before, after),
+        check=verify(expected_order(measured), stats["by_tenant"]),
+        metrics=metrics,
+        logs=connector.log_summary(),
+    )
+
+
+_AREAS = (  # (substring of the file or built-in name, area); first match wins
+    ("/aiohttp/", "aiohttp client (+ yarl, multidict)"),
+    ("/yarl/", "aiohttp client (+ yarl, multidict)"),
+    ("/multidict/", "aiohttp client (+ yarl, multidict)"),
+    ("/propcache/", "aiohttp client (+ yarl, multidict)"),
+    ("/connectors/webhook/", "webhook sink, transport, encoder, SSRF guard"),
+    ("/streams/engine/", "delivery engine (dispatch, lanes, commits)"),
+    ("/streams/", "Avro decode, event JSON (streams)"),
+    ("orjson", "Avro decode, event JSON (streams)"),
+    ("/prometheus_client/", "prometheus metrics"),
+    ("/asyncio/", "asyncio event loop (+ epoll)"),
+    ("epoll", "asyncio event loop (+ epoll)"),
+    ("_socket", "socket send/recv (kernel)"),
+    ("cimpl", "confluent-kafka calls on the loop"),
+)
+
+
+def profile_by_area(path: Path) -> list[tuple[str, float, float]]:
+    """(area, seconds, share) of the profiled thread's own time, largest first."""
+    stats: Any = pstats.Stats(str(path))
+    areas: Counter[str] = Counter()
+    for (filename, _line, name), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():
+        where = f"{filename} {name}"
+        area = next((a for key, a in _AREAS if key in where), None)
+        if area is None:
+            area = "other built-ins" if filename == "~" else "other Python"
+        areas[area] += tottime
+    total = sum(areas.values()) or 1.0
+    return [(area, seconds, seconds / total) for area, seconds in areas.most_common()]
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def ratio(rate: _common.Rate, ceiling: _common.Rate) -> str:
+    return f"{rate.per_second / ceiling.per_second:.2f}x" if ceiling.per_second else "n/a"
+
+
+def describe_delivery(run: Delivery, ceiling: _common.Rate) -> list[str]:
+    mean_size = run.copies / max(run.requests, 1)
+    top_sizes = ", ".join(f"{n}: {c}" for n, c in sorted(run.sizes.items())[-3:])
+    lines = [
+        f"  from /readyz (partitions):  {run.rate}  = {ratio(run.rate, ceiling)} ceiling",
+        f"  from first event received:  {run.rate_from_first}  "
+        f"= {ratio(run.rate_from_first, ceiling)} ceiling",
+        f"  from process launch:        {run.rate_from_launch}  "
+        f"= {ratio(run.rate_from_launch, ceiling)} ceiling (launch to ready "
+        f"{run.ready_at - run.launched:.2f} s, ready to first event "
+        f"{run.first_at - run.ready_at:.2f} s)",
+        f"  arrivals: 50% after {run.share_time(0.5):.2f} s, 90% after "
+        f"{run.share_time(0.9):.2f} s, 99% after {run.share_time(0.99):.2f} s, all after "
+        f"{run.share_time(1.0):.2f} s (from the first)",
+        f"  {run.requests} POSTs, {mean_size:.1f} events per POST on average "
+        f"(largest sizes, size: POSTs: {top_sizes})",
+        f"  {run.cpu}",
+        f"  {run.slowest_lane}",
+        f"  check: {run.check}",
+        f"  connector stopped (SIGTERM) in {run.stop_seconds:.2f} s, exit code {run.exit_code}",
+    ]
+    if run.metrics:
+        lines.append("  connector metrics: " + ", ".join(describe_metrics(run.metrics)))
+    if run.logs:
+        lines.append(f"  connector log lines: {run.logs}")
+    return lines
+
+
+def describe_metrics(metrics: dict[str, float]) -> list[str]:
+    out = []
+    means = {
+        "siem_export_webhook_request_seconds": "mean request time (queue for a connection "
+        "included)",
+        "siem_export_delivery_latency_seconds": "mean engine delivery latency (record "
+        "timestamp to ack)",
+    }
+    for name, value in sorted(metrics.items()):
+        if not name.startswith(tuple(means)):
+            out.append(f"{name.removeprefix('siem_export_')} {value:g}")
+    for name, what in means.items():
+        count = metrics.get(f"{name}_count", 0)
+        if count:
+            out.append(f"{what} {metrics.get(f'{name}_sum', 0) / count * 1000:.1f} ms")
+    return out
+
+
+def target(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def env_setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.upper().startswith("SIEM_EXPORT_"):
+        raise argparse.ArgumentTypeError("expected SIEM_EXPORT_<SETTING>=<value>")
+    return key, value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--tenants", type=int, default=100)
+    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--latency-rate", type=float, default=1000.0)
+    parser.add_argument(
+        "--latency-per-request",
+        type=int,
+        default=1,
+        help="max_events_per_request of the latency phase (default 1, the setting's default)",
+    )
+    parser.add_argument(
+        "--phases",
+        type=lambda text: set(text.split(",")),
+        default={"single", "batched", "latency"},
+        help="comma-separated subset of single,batched,latency (default: all)",
+    )
+    parser.add_argument(
+        "--connections-per-host",
+        type=int,
+        default=None,
+        help="SIEM_EXPORT_WEBHOOK__MAX_CONNECTIONS_PER_HOST (default: the setting's default)",
+    )
+    parser.add_argument(
+        "--connector-env",
+        action="append",
+        default=[],
+        type=env_setting,
+        metavar="SIEM_EXPORT_X=VALUE",
+        help="extra setting for the connector process (repeatable), e.g. "
+        "SIEM_EXPORT_ENGINE__FETCH_BATCH=500",
+    )
+    parser.add_argument("--https", action="store_true", help="receiver on https (trustme cert)")
+    parser.add_argument("--profile", action="store_true", help="extra cProfiled 1-per-POST pass")
+    parser.add_argument("--bootstrap", default=None, help="use this cluster instead of a new one")
+    args = parser.parse_args()
+
+    began = time.monotonic()
+
+    def time_left() -> float:
+        left = TIME_LIMIT_SECONDS - (time.monotonic() - began)
+        if left <= 0:
+            raise BenchTimeout("time limit reached")
+        return left
+
+    def on_alarm(_signum: int, _frame: object) -> None:
+        raise BenchTimeout("time limit reached")
+
+    def on_term(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    # Ctrl-C (even when started in the background, where SIGINT is inherited as ignored) and
+    # SIGTERM unwind through the context managers: children and broker get stopped.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.alarm(TIME_LIMIT_SECONDS)
+    summary: list[str] = []
+    try:
+        _main(args, time_left, summary)
+    except BenchTimeout as exc:
+        print(
+            f"\nABORTED: the benchmark ran past {TIME_LIMIT_SECONDS // 60} minutes ({exc}); "
+            "figures above are partial.",
+            flush=True,
+        )
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted: child processes (and the broker we started) were stopped", flush=True)
+        sys.exit(130)
+    finally:
+        signal.alarm(0)
+    print(
+        f"\n=== summary ({_common.cpu_count()} cores shared by broker, connector, receiver and "
+        "this script: figures are noisy) ==="
+    )
+    for line in summary:
+        print(line)
+    print(f"total benchmark time: {time.monotonic() - began:.0f} s")
+
+
+def _main(args: argparse.Namespace, time_left: Callable[[], float], summary: list[str]) -> None:
+    settings = WebhookSettings()
+    per_host = args.connections_per_host or settings.max_connections_per_host
+    engine = EngineConfig()
+    print(
+        f"machine: {platform.python_implementation()} {platform.python_version()}, "
+        f"{_common.cpu_count()} cores, shared by the Kafka broker (JVM), the connector process, "
+        "the receiver process and this script: the receiver's CPU is CPU the connector does not "
+        "get (figures are noisy)",
+        flush=True,
+    )
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="siem-bench-wh-")))
+        tls_files: tuple[str, str] | None = None
+        ca_bundle: Path | None = None
+        if args.https:
+            tls_files, ca_bundle = make_tls(tmp)
+        kafka = stack.enter_context(_common.broker(args.bootstrap))
+        receiver = stack.enter_context(Receiver(tls_files))
+        scheme = "https" if args.https else "http"
+        url = f"{scheme}://127.0.0.1:{receiver.port}/in"
+        print(
+            f"receiver: aiohttp in its own process at {url} ("
+            + ("TLS, trustme certificate" if args.https else "plain http, allow_http")
+            + "), answers 204"
+        )
+        print(
+            f"connector: `python -m connectors run webhook` child process, settings from "
+            f"SIEM_EXPORT_* and a destinations file; max_connections_per_host {per_host}, "
+            f"max_concurrent_sends {engine.max_concurrent_sends}, ops endpoints on a free port",
+            flush=True,
+        )
+
+        extra_env: tuple[tuple[str, str], ...] = tuple(args.connector_env)
+        if extra_env:
+            print("connector settings added: " + " ".join(f"{k}={v}" for k, v in extra_env))
+
+        def make_spec(topics: TopicsConfig, per_request: int) -> ConnectorSpec:
+            return ConnectorSpec(
+                kafka,
+                topics,
+                url,
+                per_request,
+                ca_bundle,
+                args.connections_per_host,
+                tmp,
+                extra_env,
+            )
+
+        # (1) publish, (2) ceiling
+        topics = make_topics(kafka, args.partitions, "tput")
+        produced = _common.publish(kafka, topics.events, args.count, args.tenants)
+        expected = expected_order(list(EventFactory(args.tenants, seed=1).events(args.count)))
+        biggest = max(len(ids) for ids in expected.values())
+        print(
+            f"\n[1] publish: {args.count} events, {len(expected)} tenants (largest "
+            f"{biggest} events = {biggest / args.count:.1%}), {args.partitions} partitions"
+        )
+        print(f"  publish (validate + encode + produce):  {produced}", flush=True)
+        ceiling = _common.ceiling(kafka, topics.events, args.count)
+        warm_group_coordinator(kafka, topics.events)
+        print(f"\n[2] ceiling (consume + decode + JSON):   {ceiling}", flush=True)
+        summary.append(f"ceiling {ceiling.per_second:,.0f} events/s; receiver {scheme}")
+
+        checks: list[Check] = []
+        # (3) one event per POST, (4) batches of 100
+        for number, per_request, phase in ((3, 1, "single"), (4, BATCHED, "batched")):
+            if phase not in args.phases:
+                continue
+            print(
+                f"\n[{number}] max_events_per_request: {per_request}, fresh consumer group, "
+                f"until the receiver has all {args.count} events",
+                flush=True,
+            )
+            run = run_delivery(
+                f"per-request-{per_request}",
+                make_spec(topics, per_request),
+                receiver,
+                expected,
+                time_left,
+            )
+            checks.append(run.check)
+            for line in describe_delivery(run, ceiling):
+                print(line, flush=True)
+            if per_request == 1:
+                goal = f"target >= 5,000/s: {target(run.rate.per_second >= 5000)}"
+            else:
+                goal = f"target >= 0.60x: {target(run.rate.per_second >= 0.6 * ceiling.per_second)}"
+            summary.append(
+                f"{per_request} event(s) per POST: {run.rate.per_second:,.0f} events/s from "
+                f"/readyz = "
+                f"{ratio(run.rate, ceiling)} ceiling (from launch "
+                f"{run.rate_from_launch.per_second:,.0f}/s = "
+                f"{ratio(run.rate_from_launch, ceiling)}); {goal}"
+            )
+
+        for per_request in (1, BATCHED) if args.profile else ():
+            profile_to = tmp / f"connector-{per_request}.prof"
+            spec = replace(make_spec(topics, per_request), profile_to=profile_to)
+            print(
+                f"\n[p] extra pass, max_events_per_request {per_request}, connector under cProfile",
+                flush=True,
+            )
+            run = run_delivery(f"profile-{per_request}", spec, receiver, expected, time_left)
+            print(f"  (slowed by the profiler) {run.rate}; check: {run.check}")
+            print(f"  {run.cpu}")
+            print("  loop-thread time by area (tottime; the consumer thread is not profiled):")
+            for area, seconds, share in profile_by_area(profile_to):
+                print(f"    {area:<52} {seconds:6.2f} s  {share:5.1%}")
+            out = io.StringIO()
+            stats = pstats.Stats(str(profile_to), stream=out).strip_dirs()
+            stats.sort_stats("tottime").print_stats(15)
+            print("\n".join(out.getvalue().strip().splitlines()[4:]))
+
+        # (5) latency
+        if "latency" in args.phases:
+            print(
+                f"\n[5] latency: fresh topic and group, max_events_per_request "
+                f"{args.latency_per_request}, {args.latency_rate:,.0f} events/s for "
+                f"{args.latency_seconds:g} s after {WARMUP_EVENTS} warm-up events; publisher "
+                f"defaults (linger.ms {producer_config(kafka)['linger.ms']}, acks=all); "
+                "publish-call time to receive time",
+                flush=True,
+            )
+            lat = run_latency(kafka, args, receiver, make_spec, time_left)
+            checks.append(lat.check)
+            achieved = lat.published / max(lat.publish_seconds, 1e-9)
+            ms = {q: quantile(lat.latencies, q) * 1000 for q in (0.5, 0.99, 1.0)}
+            kafka_ms = {q: quantile(lat.kafka_latencies, q) * 1000 for q in (0.5, 0.99, 1.0)}
+            print(
+                f"  published {lat.published} events in {lat.publish_seconds:.2f} s "
+                f"({achieved:,.0f}/s)"
+            )
+            print(
+                f"  produce -> receiver (through the connector): p50 {ms[0.5]:.1f} ms, "
+                f"p99 {ms[0.99]:.1f} ms, max {ms[1.0]:.1f} ms ({len(lat.latencies)} events)"
+            )
+            print(
+                f"  produce -> bare consumer in this script (Kafka path alone, same events): "
+                f"p50 {kafka_ms[0.5]:.1f} ms, p99 {kafka_ms[0.99]:.1f} ms, max "
+                f"{kafka_ms[1.0]:.1f} ms ({len(lat.kafka_latencies)} events)"
+            )
+            print(f"  {lat.cpu}")
+            print(f"  check: {lat.check}")
+            if lat.metrics:
+                print("  connector metrics: " + ", ".join(describe_metrics(lat.metrics)))
+            if lat.logs:
+                print(f"  connector log lines: {lat.logs}")
+            summary.append(
+                f"latency at {achieved:,.0f} events/s ({args.latency_per_request} per POST at "
+                f"most): p50 {ms[0.5]:.1f} ms, p99 {ms[0.99]:.1f} ms, max {ms[1.0]:.1f} ms; Kafka "
+                f"path alone p50 {kafka_ms[0.5]:.1f} ms, p99 {kafka_ms[0.99]:.1f} ms"
+            )
+        summary.append(
+            "delivery checks: "
+            + (
+                "all complete, in order per tenant"
+                if all(c.ok for c in checks)
+                else "PROBLEMS: " + "; ".join(str(c) for c in checks if not c.ok)
+            )
+            + f"; duplicates {sum(c.duplicates for c in checks)}"
+        )
+
+
+if __name__ == "__main__":
+    main()
