@@ -3,7 +3,7 @@
     .venv/bin/python bench/webhook.py [--count 100000] [--tenants 100] [--partitions 12]
                                       [--latency-seconds 15] [--latency-rate 1000]
                                       [--latency-per-request 1] [--connections-per-host N]
-                                      [--phases single,batched,latency] [--https] [--profile]
+                                      [--phases single,even,batched,latency] [--https] [--profile]
                                       [--bootstrap HOST:PORT]
 
 The connector runs as production runs it: ``python -m connectors run webhook`` in a child
@@ -18,7 +18,11 @@ time (time.time()) of each id's first copy.
 (1) publish N events (--count) of --tenants tenants to a fresh --partitions topic with the real
     publisher; (2) ceiling: a bare consumer decodes every record and encodes it to JSON;
 (3) 1 event per POST, fresh consumer group: rates from launch / readiness / first arrival to
-    the receiver holding all N distinct events; (4) the same with max_events_per_request: 100;
+    the receiver holding all N distinct events. The synthetic tenants are skewed (the largest
+    has ~12% of the events), and one event per POST means one request in flight per tenant, so
+    this phase ends when the largest tenant's sequence of round trips does; (3b) the same
+    events with their tenants spread evenly (same count of tenants), which measures the
+    process rather than one tenant's chain of round trips; (4) max_events_per_request: 100;
 (5) latency: fresh topic and group, connector ready and warmed up, then events published at
     --latency-rate for --latency-seconds; publish-call time (time.time()) to receive time,
     p50/p99/max, next to the same events' latency to a bare consumer in this script (the
@@ -591,6 +595,19 @@ class Check:
         return not (self.missing or self.unexpected or self.out_of_order)
 
 
+def publish_even(kafka: KafkaConfig, topic: str, count: int, tenants: int) -> dict[str, list[str]]:
+    """Synthetic events with their tenants reassigned round-robin; returns the expected order."""
+    events = []
+    for i, event in enumerate(EventFactory(tenants, seed=5).events(count)):
+        events.append({**event, "tenant_id": f"tnt_even{i % tenants:04d}"})
+    with Publisher(kafka, topic, overrides={"linger.ms": 20, "batch.size": 1_000_000}) as pub:
+        for event in events:
+            pub.publish(event)
+        if pub.flush(120):
+            raise RuntimeError("events were not delivered")
+    return expected_order(events)
+
+
 def expected_order(events: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
     per_tenant: defaultdict[str, list[str]] = defaultdict(list)
     for event in events:
@@ -1004,8 +1021,8 @@ def main() -> None:
     parser.add_argument(
         "--phases",
         type=lambda text: set(text.split(",")),
-        default={"single", "batched", "latency"},
-        help="comma-separated subset of single,batched,latency (default: all)",
+        default={"single", "even", "batched", "latency"},
+        help="comma-separated subset of single,even,batched,latency (default: all)",
     )
     parser.add_argument(
         "--connections-per-host",
@@ -1135,21 +1152,33 @@ def _main(args: argparse.Namespace, time_left: Callable[[], float], summary: lis
         print(f"\n[2] ceiling (consume + decode + JSON):   {ceiling}", flush=True)
         summary.append(f"ceiling {ceiling.per_second:,.0f} events/s; receiver {scheme}")
 
+        even_topics: TopicsConfig | None = None
+        even_expected: dict[str, list[str]] = {}
+        if "even" in args.phases:
+            even_topics = make_topics(kafka, args.partitions, "even")
+            even_expected = publish_even(kafka, even_topics.events, args.count, args.tenants)
+
         checks: list[Check] = []
-        # (3) one event per POST, (4) batches of 100
-        for number, per_request, phase in ((3, 1, "single"), (4, BATCHED, "batched")):
+        # (3) one event per POST, (3b) the same with even tenants, (4) batches of 100
+        for number, per_request, phase in (
+            ("3", 1, "single"),
+            ("3b", 1, "even"),
+            ("4", BATCHED, "batched"),
+        ):
             if phase not in args.phases:
                 continue
+            even = phase == "even"
             print(
                 f"\n[{number}] max_events_per_request: {per_request}, fresh consumer group, "
-                f"until the receiver has all {args.count} events",
+                f"until the receiver has all {args.count} events"
+                + (f" (tenants even: {args.count // args.tenants} events each)" if even else ""),
                 flush=True,
             )
             run = run_delivery(
-                f"per-request-{per_request}",
-                make_spec(topics, per_request),
+                f"per-request-{per_request}{'-even' if even else ''}",
+                make_spec(even_topics if even and even_topics else topics, per_request),
                 receiver,
-                expected,
+                even_expected if even else expected,
                 time_left,
             )
             checks.append(run.check)
@@ -1160,7 +1189,8 @@ def _main(args: argparse.Namespace, time_left: Callable[[], float], summary: lis
             else:
                 goal = f"target >= 0.60x: {target(run.rate.per_second >= 0.6 * ceiling.per_second)}"
             summary.append(
-                f"{per_request} event(s) per POST: {run.rate.per_second:,.0f} events/s from "
+                f"{per_request} event(s) per POST{' (even tenants)' if even else ''}: "
+                f"{run.rate.per_second:,.0f} events/s from "
                 f"/readyz = "
                 f"{ratio(run.rate, ceiling)} ceiling (from launch "
                 f"{run.rate_from_launch.per_second:,.0f}/s = "
