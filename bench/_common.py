@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -103,3 +103,22 @@ def rss_mib() -> float:
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+def warm_group_coordinator(kafka: KafkaConfig, topic: str) -> None:
+    """Make the broker create its offsets topic before any timed run: on a fresh broker the
+    first consumer group otherwise waits seconds for the coordinator, which no real
+    deployment pays."""
+    consumer = Consumer(kafka.client_config() | {"group.id": f"bench-warm-{uuid.uuid4().hex[:8]}"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                consumer.committed([TopicPartition(topic, 0)], timeout=10)
+                return
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        consumer.close()

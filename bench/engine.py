@@ -53,7 +53,6 @@ import _common  # noqa: E402
 from confluent_kafka import (  # noqa: E402
     Consumer,
     KafkaError,
-    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -409,25 +408,6 @@ def publish_backlog(
     return _common.Rate(count, seconds), per_tenant
 
 
-def warm_group_coordinator(kafka: KafkaConfig, topic: str) -> None:
-    """Make the broker create its offsets topic before any timed run: on a fresh broker the
-    first consumer group otherwise waits seconds for the coordinator, which no real
-    deployment pays."""
-    consumer = Consumer(kafka.client_config() | {"group.id": f"bench-warm-{uuid.uuid4().hex[:8]}"})
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                consumer.committed([TopicPartition(topic, 0)], timeout=10)
-                return
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-    finally:
-        consumer.close()
-
-
 # --- part 1: throughput --------------------------------------------------------------------------
 
 
@@ -661,7 +641,7 @@ def _main(args: argparse.Namespace, time_left: Any, summary: list[str]) -> None:
             f"{args.partitions} partitions"
         )
         print(f"  publish (validate + encode + produce):  {produced}", flush=True)
-        warm_group_coordinator(kafka, topics.events)
+        _common.warm_group_coordinator(kafka, topics.events)
         # The machine's speed drifts between runs (shared host, 2 cores): ceiling and engine
         # alternate in each round, and the verdict is the median of the per-round ratios.
         ratios: list[float] = []
