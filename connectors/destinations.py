@@ -46,6 +46,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from connectors.errors import SettingsError
+from connectors.syslog.config import SyslogDestination
 from connectors.webhook.config import WebhookDestination
 
 DEFAULT_TENANT = "*"
@@ -76,8 +77,8 @@ class TenantDestinations(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     webhook: WebhookDestination | None = None
-    # Plain mappings until the syslog and storage connectors bring their typed models.
-    syslog: dict[str, Any] | None = None
+    syslog: SyslogDestination | None = None
+    # A plain mapping until the storage connector brings its typed model.
     storage: dict[str, Any] | None = None
 
 

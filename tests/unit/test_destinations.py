@@ -67,7 +67,8 @@ def test_brief_example_loads(tmp_path: Path) -> None:
     assert entry.webhook.url == "https://siem.example.com/in"
     assert entry.webhook.secrets() == [WHSEC]
     assert entry.webhook.headers["Authorization"].get_secret_value() == "Bearer tok"
-    assert entry.syslog == {"host": "siem.example.com", "port": 6514, "transport": "tls"}
+    assert entry.syslog is not None
+    assert entry.syslog.endpoint() == "tls://siem.example.com:6514"
     assert entry.storage == {"url": "s3://bucket/prefix", "format": "jsonl"}
     assert d.default is not None and d.default.webhook is not None
     assert d.default.webhook.url == "https://default.example.com/in"
@@ -93,7 +94,8 @@ def test_fallback_rules(tmp_path: Path) -> None:
     assert d.webhook_for("nothing") is None
     assert d.for_tenant("nothing") == TenantDestinations()
     opted_out = d.for_tenant("opted_out")
-    assert opted_out is not None and opted_out.syslog == {"host": "s.example.com"}
+    assert opted_out is not None and opted_out.syslog is not None
+    assert opted_out.syslog.host == "s.example.com"
     unlisted = d.webhook_for("tnt_unlisted")
     assert unlisted is not None and unlisted.url == "https://default.example.com"
     assert d.for_tenant("tnt_unlisted") is d.default
@@ -161,7 +163,8 @@ def test_every_problem_is_reported_with_its_key_path(tmp_path: Path) -> None:
             "tenants.tnt_a.webhook.max_events_per_request: Input should be greater than or "
             "equal to 1",
             "tenants.tnt_a.webhook.signing_secret[0]: Input should be a valid string",
-            "tenants.tnt_a.syslog: Input should be a valid dictionary",
+            "tenants.tnt_a.syslog: Input should be a valid dictionary or instance of "
+            "SyslogDestination",
             "tenants.tnt_b: must be a mapping of webhook, syslog, storage",
             'tenants."*".webhook.url: Field required',
             "tennants: unknown key (did you mean 'tenants'?)",
