@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,3 +123,57 @@ def warm_group_coordinator(kafka: KafkaConfig, topic: str) -> None:
                 time.sleep(0.5)
     finally:
         consumer.close()
+
+
+TIME_LIMIT_SECONDS = 15 * 60
+
+
+class BenchTimeout(Exception):
+    """The whole benchmark ran past TIME_LIMIT_SECONDS."""
+
+
+def run_bounded(main: Callable[[Callable[[], float], list[str]], None], summary_title: str) -> None:
+    """Run ``main(time_left, summary)`` for at most TIME_LIMIT_SECONDS, then print the summary.
+
+    Past the limit (SIGALRM, or ``time_left()`` at zero) it aborts with exit code 2 and says the
+    figures are partial. Ctrl-C (also when started in the background, where SIGINT is inherited
+    as ignored) and SIGTERM unwind through ``main``'s context managers, so child processes and
+    a broker it started are stopped; exit code 130.
+    """
+    began = time.monotonic()
+
+    def time_left() -> float:
+        left = TIME_LIMIT_SECONDS - (time.monotonic() - began)
+        if left <= 0:
+            raise BenchTimeout("time limit reached")
+        return left
+
+    def on_alarm(_signum: int, _frame: object) -> None:
+        raise BenchTimeout("time limit reached")
+
+    def on_term(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.alarm(TIME_LIMIT_SECONDS)
+    summary: list[str] = []
+    try:
+        main(time_left, summary)
+    except BenchTimeout as exc:
+        print(
+            f"\nABORTED: the benchmark ran past {TIME_LIMIT_SECONDS // 60} minutes ({exc}); "
+            "figures above are partial.",
+            flush=True,
+        )
+        raise SystemExit(2) from exc
+    except KeyboardInterrupt as exc:
+        print("\ninterrupted: child processes (and a broker we started) were stopped", flush=True)
+        raise SystemExit(130) from exc
+    finally:
+        signal.alarm(0)
+    print(f"\n=== summary ({summary_title}) ===")
+    for line in summary:
+        print(line)
+    print(f"total benchmark time: {time.monotonic() - began:.0f} s")

@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import platform
 import pstats
-import signal
 import statistics
 import subprocess
 import sys
@@ -68,13 +67,8 @@ from streams.publisher import CONTENT_TYPE, producer_config  # noqa: E402
 from streams.synthetic import EventFactory  # noqa: E402
 from streams.topics import ensure_topics, standard_topics  # noqa: E402
 
-TIME_LIMIT_SECONDS = 15 * 60
 MAX_BATCH = 500
 BASE_EVENTS = 5000  # distinct synthetic events the backlog is copied from (fresh event ids)
-
-
-class BenchTimeout(Exception):
-    """The whole benchmark ran past TIME_LIMIT_SECONDS."""
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -299,7 +293,7 @@ async def drive_engine(
     if sink.done_at is None:
         engine.request_stop()  # second call: stop at once
         await asyncio.wait({runner}, timeout=30)
-        raise BenchTimeout(f"engine acknowledged only {sink.acked} of {sink.target} events")
+        raise _common.BenchTimeout(f"engine acknowledged only {sink.acked} of {sink.target} events")
     await asyncio.wait_for(runner, timeout=60)
     first = sink.first_ack_at or began
     done = sink.done_at
@@ -503,7 +497,7 @@ def run_rss_child(
         try:
             while child.poll() is None:
                 if time.monotonic() > deadline:
-                    raise BenchTimeout("the bounded-memory child did not finish in time")
+                    raise _common.BenchTimeout("the bounded-memory child did not finish in time")
                 time.sleep(0.2)
         finally:
             if child.poll() is None:
@@ -595,35 +589,10 @@ def main() -> None:
         rss_child(json.loads(args.rss_child))
         return
 
-    began = time.monotonic()
-
-    def time_left() -> float:
-        left = TIME_LIMIT_SECONDS - (time.monotonic() - began)
-        if left <= 0:
-            raise BenchTimeout("time limit reached")
-        return left
-
-    def on_alarm(_signum: int, _frame: object) -> None:
-        raise BenchTimeout("time limit reached")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(TIME_LIMIT_SECONDS)
-    summary: list[str] = []
-    try:
-        _main(args, time_left, summary)
-    except BenchTimeout as exc:
-        print(
-            f"\nABORTED: the benchmark ran past {TIME_LIMIT_SECONDS // 60} minutes ({exc}); "
-            "figures above are partial.",
-            flush=True,
-        )
-        sys.exit(2)
-    finally:
-        signal.alarm(0)
-    print("\n=== summary (2-core machine, other processes may run: figures are noisy) ===")
-    for line in summary:
-        print(line)
-    print(f"total benchmark time: {time.monotonic() - began:.0f} s")
+    _common.run_bounded(
+        lambda time_left, summary: _main(args, time_left, summary),
+        "2-core machine, other processes may run: figures are noisy",
+    )
 
 
 def _main(args: argparse.Namespace, time_left: Any, summary: list[str]) -> None:

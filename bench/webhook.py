@@ -86,7 +86,6 @@ from streams.synthetic import EventFactory  # noqa: E402
 from streams.tail import tail_consumer_config  # noqa: E402
 from streams.topics import ensure_topics, standard_topics  # noqa: E402
 
-TIME_LIMIT_SECONDS = 15 * 60
 ROOT = Path(__file__).resolve().parent.parent
 BATCHED = 100  # max_events_per_request of the batched phase
 WARMUP_EVENTS = 500  # published (at the latency rate) before the latency measurement
@@ -96,10 +95,6 @@ _LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) (\S+): (.*?)((?: [a-z
 _ERROR_FIELD = re.compile(r' error=("(?:[^"\\]|\\.)*"|\S+)')
 # No proxies from the environment for our own loopback requests.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class BenchTimeout(Exception):
-    """The whole benchmark ran past TIME_LIMIT_SECONDS."""
 
 
 # --- CPU accounting ------------------------------------------------------------------------------
@@ -531,7 +526,7 @@ class Connector:
                 if http_get(url, 1.0)[0] == 200:
                     return time.time()
             if time.monotonic() > deadline:
-                raise BenchTimeout("the connector did not become ready in time")
+                raise _common.BenchTimeout("the connector did not become ready in time")
             time.sleep(0.05)
 
     def metrics(self) -> dict[str, float]:
@@ -713,7 +708,7 @@ def wait_for_all(
         if connector is not None:
             connector.check_alive()
         if time.monotonic() > deadline:
-            raise BenchTimeout(
+            raise _common.BenchTimeout(
                 f"{what}: the receiver has {progress['distinct']} of the events after the "
                 f"time allowed"
             )
@@ -1036,48 +1031,11 @@ def main() -> None:
             flush=True,
         )
 
-    began = time.monotonic()
-
-    def time_left() -> float:
-        left = TIME_LIMIT_SECONDS - (time.monotonic() - began)
-        if left <= 0:
-            raise BenchTimeout("time limit reached")
-        return left
-
-    def on_alarm(_signum: int, _frame: object) -> None:
-        raise BenchTimeout("time limit reached")
-
-    def on_term(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    # Ctrl-C (even when started in the background, where SIGINT is inherited as ignored) and
-    # SIGTERM unwind through the context managers: children and broker get stopped.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.alarm(TIME_LIMIT_SECONDS)
-    summary: list[str] = []
-    try:
-        _main(args, time_left, summary)
-    except BenchTimeout as exc:
-        print(
-            f"\nABORTED: the benchmark ran past {TIME_LIMIT_SECONDS // 60} minutes ({exc}); "
-            "figures above are partial.",
-            flush=True,
-        )
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("\ninterrupted: child processes (and the broker we started) were stopped", flush=True)
-        sys.exit(130)
-    finally:
-        signal.alarm(0)
-    print(
-        f"\n=== summary ({_common.cpu_count()} cores shared by broker, connector, receiver and "
-        "this script: figures are noisy) ==="
+    _common.run_bounded(
+        lambda time_left, summary: _main(args, time_left, summary),
+        f"{_common.cpu_count()} cores shared by broker, connector, receiver and this "
+        "script: figures are noisy",
     )
-    for line in summary:
-        print(line)
-    print(f"total benchmark time: {time.monotonic() - began:.0f} s")
 
 
 def _main(args: argparse.Namespace, time_left: Callable[[], float], summary: list[str]) -> None:
