@@ -54,20 +54,29 @@ class Delivering(Dispatching):
 
     async def _send(self, part: PartitionLanes, lane: Lane) -> None:
         batch = lane.in_flight
+        epoch = lane.epoch
         try:
             async with self._slots:
                 result = await self.sink.send(lane.tenant_id, batch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a sink bug must not kill the lane
+            if lane.epoch != epoch:
+                self._drop_stale(lane, batch, None)
+                return
             error = (
                 exc
                 if isinstance(exc, SinkError)
                 else SinkError(f"{type(exc).__name__}: {exc}", retriable=True)
             )
             await self._after_failure(part, lane, error)
+            if lane.epoch != epoch:  # a batch in custody failed during the backoff
+                self._drop_stale(lane, batch, None)
             return
         if part.revoked:
+            return
+        if lane.epoch != epoch:
+            self._drop_stale(lane, batch, result)
             return
         problem = _contract_breach(batch, result)
         if problem is not None:
@@ -75,6 +84,18 @@ class Delivering(Dispatching):
             await self._after_failure(part, lane, SinkError(problem, retriable=True))
             return
         self._settle_batch(part, lane, batch, result)
+
+    def _drop_stale(self, lane: Lane, batch: list[Envelope], result: SendResult | None) -> None:
+        """A batch in custody failed while this one was being sent: forget this one's answer.
+
+        The lane was parked at the failed batch; everything from there, this batch included,
+        is read again from Kafka and offered again in order.
+        """
+        if lane.in_flight is batch:
+            lane.in_flight = []
+            self._in_flight -= len(batch)
+        if result is not None and result.pending is not None:
+            result.pending.add_done_callback(_consume_outcome)
 
     def _settle_batch(
         self, part: PartitionLanes, lane: Lane, batch: list[Envelope], result: SendResult | None
@@ -144,10 +165,12 @@ class Delivering(Dispatching):
             exc = None if future.cancelled() else future.exception()
             error = exc if isinstance(exc, SinkError) else SinkError(str(exc or "cancelled"))
             lane.custody.clear()
+            lane.epoch += 1
             self._buffered -= len(lane.queue)
             lane.queue.clear()
-            lane.parked_from = custody.first_offset
-            lane.high_water = custody.first_offset - 1
+            first = custody.first_offset
+            lane.parked_from = first if lane.parked_from is None else min(lane.parked_from, first)
+            lane.high_water = min(lane.high_water, first - 1)
             lane.failures += 1
             lane.retry_at = time.monotonic() + self._backoff(lane, error)
             self.metrics.failed.labels(self.sink.name, "custody").inc()
@@ -160,6 +183,9 @@ class Delivering(Dispatching):
             and not (lane.custody[0].future.cancelled() or lane.custody[0].future.exception())
         ):
             self._acknowledged(lane, lane.custody.popleft().events)
+        if lane.parked_from is not None and not lane.custody:
+            # A parked lane's driver stops while batches are in custody: resume it now.
+            self._wake(part, lane)
 
     async def _after_failure(self, part: PartitionLanes, lane: Lane, error: SinkError) -> None:
         lane.failures += 1
@@ -208,6 +234,12 @@ class Delivering(Dispatching):
             if left <= 0:
                 return
             await asyncio.sleep(min(left, 0.5))
+
+
+def _consume_outcome(future: asyncio.Future[None]) -> None:
+    """Mark a forgotten future's exception as retrieved (it would be logged otherwise)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _contract_breach(batch: list[Envelope], result: SendResult | None) -> str | None:

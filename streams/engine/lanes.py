@@ -69,6 +69,8 @@ class Lane:
     failing_since: float | None = None
     retry_at: float = 0.0
     task: asyncio.Task[None] | None = None
+    epoch: int = 0
+    """Bumped when a batch in custody fails: a send begun before that is stale."""
 
     def first_pending(self) -> int | None:
         """Lowest offset of this tenant that is not acknowledged yet, if any."""
