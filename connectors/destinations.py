@@ -106,6 +106,11 @@ class Destinations:
         entry = self.for_tenant(tenant_id)
         return entry.webhook if entry is not None else None
 
+    def syslog_for(self, tenant_id: str) -> SyslogDestination | None:
+        """The syslog collector of :meth:`for_tenant` (same opt-out rule as ``webhook_for``)."""
+        entry = self.for_tenant(tenant_id)
+        return entry.syslog if entry is not None else None
+
 
 def load_destinations(path: Path) -> Destinations:
     """Read, parse and validate the file; raise DestinationsError listing every problem."""

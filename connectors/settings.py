@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 from connectors.errors import SettingsError
 from connectors.ops import OpsConfig
+from connectors.syslog.config import SyslogSettings
 from connectors.webhook.config import WebhookSettings
 from streams.config import KafkaConfig, TopicsConfig
 from streams.engine.config import EngineConfig
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     ops: OpsConfig = Field(default_factory=OpsConfig)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    syslog: SyslogSettings = Field(default_factory=SyslogSettings)
     destinations_file: Path | None = Field(
         default=None, description="YAML file of per-tenant destinations."
     )

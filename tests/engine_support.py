@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 
+from confluent_kafka import Consumer, Message
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -92,3 +94,26 @@ def publish(bootstrap: str, topic: str, count: int, tenants: int, seed: int = 1)
         for f in futures:
             f.result(timeout=60)
     return events
+
+
+def read_messages(bootstrap: str, topic: str, want: int, timeout: float = 20.0) -> list[Message]:
+    """Up to ``want`` messages of ``topic`` from its start (headers and all), within ``timeout``."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    found: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < want and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                found.append(msg)
+    finally:
+        consumer.close()
+    return found

@@ -10,19 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import click
 
 from connectors.cli.context import EXIT_USAGE, fail, settings_of
 from connectors.destinations import Destinations, DestinationsWatcher, load_destinations
 from connectors.errors import SettingsError
-from connectors.health import DestinationHealth
+from connectors.health import DestinationHealth, HealthThresholds
 from connectors.runtime import run_connector
 from connectors.settings import Settings
+from connectors.syslog.sink import METHOD as SYSLOG
+from connectors.syslog.sink import SyslogSink
 from connectors.webhook.sink import METHOD as WEBHOOK
 from connectors.webhook.sink import WebhookSink
 from streams.alerts import AlertPublisher
+from streams.engine.sink import Sink
+
+
+class _ReloadableSink(Sink, Protocol):
+    def update_destinations(self, old: Destinations, new: Destinations) -> None: ...
+
 
 _DESTINATIONS_OPTION = click.option(
     "--destinations",
@@ -45,7 +55,43 @@ def webhook(ctx: click.Context, destinations_file: Path | None) -> None:
     """Deliver each tenant's events by HTTPS POST to its webhook endpoint, in order."""
     settings = settings_of(ctx)
     path, destinations = _destinations(settings, destinations_file)
-    raise SystemExit(asyncio.run(_run_webhook(settings, path, destinations)))
+    cfg = settings.webhook
+    raise SystemExit(
+        asyncio.run(
+            _run_method(
+                settings,
+                path,
+                destinations,
+                WEBHOOK,
+                cfg.health,
+                cfg.reload_seconds,
+                lambda health: WebhookSink(cfg, destinations, health),
+            )
+        )
+    )
+
+
+@run.command("syslog")
+@_DESTINATIONS_OPTION
+@click.pass_context
+def syslog(ctx: click.Context, destinations_file: Path | None) -> None:
+    """Forward each tenant's events as RFC 5424 syslog (UDP, TCP, TLS or RELP), in order."""
+    settings = settings_of(ctx)
+    path, destinations = _destinations(settings, destinations_file)
+    cfg = settings.syslog
+    raise SystemExit(
+        asyncio.run(
+            _run_method(
+                settings,
+                path,
+                destinations,
+                SYSLOG,
+                cfg.health,
+                cfg.reload_seconds,
+                lambda health: SyslogSink(cfg, destinations, health),
+            )
+        )
+    )
 
 
 def _destinations(settings: Settings, option: Path | None) -> tuple[Path, Destinations]:
@@ -61,16 +107,21 @@ def _destinations(settings: Settings, option: Path | None) -> tuple[Path, Destin
         raise fail(str(exc), EXIT_USAGE) from exc
 
 
-async def _run_webhook(settings: Settings, path: Path, destinations: Destinations) -> int:
+async def _run_method(
+    settings: Settings,
+    path: Path,
+    destinations: Destinations,
+    method: str,
+    thresholds: HealthThresholds,
+    reload_seconds: float,
+    build: Callable[[DestinationHealth], _ReloadableSink],
+) -> int:
+    """Alerts, health, the sink, a watcher of the destinations file, and the engine."""
     alerts = AlertPublisher(settings.kafka, settings.topics.alerts)
     try:
-        health = DestinationHealth(WEBHOOK, settings.webhook.health, alerts.publish)
-        sink = WebhookSink(settings.webhook, destinations, health)
+        sink = build(DestinationHealth(method, thresholds, alerts.publish))
         watcher = DestinationsWatcher(
-            path,
-            sink.update_destinations,
-            interval=settings.webhook.reload_seconds,
-            current=destinations,
+            path, sink.update_destinations, interval=reload_seconds, current=destinations
         )
         reload = asyncio.create_task(watcher.run(), name="destinations-reload")
         try:

@@ -17,8 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from connectors.health import HealthThresholds
 from connectors.syslog.encoder import DEFAULT_MAX_DATAGRAM, MAX_UDP_PAYLOAD, SyslogFormat
 
-Transport = Literal["udp", "tcp", "tls"]
-_DEFAULT_PORTS: dict[str, int] = {"udp": 514, "tcp": 514, "tls": 6514}
+Transport = Literal["udp", "tcp", "tls", "relp", "relp_tls"]
+_DEFAULT_PORTS: dict[str, int] = {
+    "udp": 514,
+    "tcp": 514,
+    "tls": 6514,
+    # RELP has no IANA port; 2514 is what rsyslog's documentation and most setups use.
+    "relp": 2514,
+    "relp_tls": 2514,
+}
+TLS_TRANSPORTS = frozenset({"tls", "relp_tls"})
 
 
 class SyslogSettings(BaseModel):
@@ -40,6 +48,28 @@ class SyslogSettings(BaseModel):
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     write_timeout_seconds: float = Field(
         default=30.0, gt=0, le=600, description="Longest wait for the socket to take a batch."
+    )
+    confirm_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="TCP/TLS: how long a connection must stay up after the collector's TCP "
+        "stack took the bytes before they count as delivered (see docs/syslog.md).",
+    )
+    relp_window: int = Field(
+        default=128, ge=1, le=4096, description="RELP: most messages awaiting an answer."
+    )
+    idle_close_seconds: float = Field(
+        default=300.0, gt=0, le=86400, description="Close a connection unused this long."
+    )
+    reload_seconds: float = Field(
+        default=10.0, gt=0, le=3600, description="How often the destinations file is checked."
+    )
+    disabled_retry_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How often a disabled destination's lane checks whether it was re-enabled.",
     )
     health: HealthThresholds = Field(default_factory=HealthThresholds)
 
@@ -68,7 +98,9 @@ class SyslogDestination(BaseModel):
     port: int | None = Field(
         default=None, ge=1, le=65535, description="Default 6514 for tls, 514 otherwise."
     )
-    transport: Transport = Field(default="tls", description="tls (recommended), tcp or udp.")
+    transport: Transport = Field(
+        default="tls", description="tls (recommended), tcp, udp, relp or relp_tls."
+    )
     framing: Literal["octet_counting", "lf"] = Field(
         default="octet_counting",
         description="TCP/TLS framing: RFC 6587 octet counting, or one message per line for "
@@ -78,7 +110,12 @@ class SyslogDestination(BaseModel):
         default=DEFAULT_MAX_DATAGRAM,
         ge=480,
         le=MAX_UDP_PAYLOAD,
-        description="UDP: larger messages go to the dead-letter topic, never truncated.",
+        description="UDP: the largest message sent; larger ones are never truncated (oversize).",
+    )
+    oversize: Literal["dead_letter", "pause"] = Field(
+        default="dead_letter",
+        description="UDP, a message above max_datagram_bytes: dead_letter (the lane moves on) "
+        "or pause (the destination counts as misconfigured until max_datagram_bytes is raised).",
     )
     ca_bundle: Path | None = Field(default=None, description="PEM CAs instead of the system's.")
     client_cert: Path | None = Field(default=None, description="PEM client certificate (mTLS).")
@@ -90,11 +127,13 @@ class SyslogDestination(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> SyslogDestination:
         tls_only = (self.ca_bundle, self.client_cert, self.client_key, self.server_name)
-        if self.transport != "tls" and any(v is not None for v in tls_only):
-            raise ValueError("ca_bundle, client_cert, client_key and server_name need tls")
+        if self.transport not in TLS_TRANSPORTS and any(v is not None for v in tls_only):
+            raise ValueError(
+                "ca_bundle, client_cert, client_key and server_name need tls or relp_tls"
+            )
         if (self.client_cert is None) != (self.client_key is None):
             raise ValueError("client_cert and client_key go together")
-        if self.transport == "udp" and self.framing != "octet_counting":
+        if self.transport not in ("tcp", "tls") and self.framing != "octet_counting":
             raise ValueError("framing applies to tcp and tls only")
         return self
 

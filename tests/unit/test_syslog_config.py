@@ -21,7 +21,7 @@ def test_defaults_are_tls_octet_counting_on_6514() -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"host": "h", "transport": "tcp", "ca_bundle": "/ca.pem"}, "need tls"),
+        ({"host": "h", "transport": "tcp", "ca_bundle": "/ca.pem"}, "need tls or relp_tls"),
         ({"host": "h", "client_cert": "/c.pem"}, "go together"),
         ({"host": "h", "transport": "udp", "framing": "lf"}, "tcp and tls only"),
         ({"host": "h", "transport": "relay"}, "transport"),
