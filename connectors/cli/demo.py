@@ -3,7 +3,8 @@
 Starts (or reuses) the local Kafka of ``.kafka/``, creates the topics, publishes a stream of
 synthetic audit events, reads them back from the topic and prints some exactly as a customer's
 SIEM receives them, with a summary; then runs the webhook connector (a real
-``siem-export run webhook`` process) into a local receiver and shows what arrived.
+``siem-export run webhook`` process) into a local receiver, and the syslog connector (a real
+``siem-export run syslog`` process) into a private local rsyslogd, and shows what arrived.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import click
 
 from connectors.cli.context import fail, settings_of
+from connectors.cli.demo_syslog import run_syslog_demo
 from connectors.cli.demo_webhook import run_webhook_demo
 from connectors.cli.generate import generate_events
 from connectors.settings import Settings
@@ -146,3 +148,6 @@ def _run(settings: Settings, count: int, tenants: int, show: int) -> None:
 
     click.echo("5. Webhook delivery: the connector process POSTs each tenant's events in order")
     run_webhook_demo(settings, since, expected, show)
+
+    click.echo("6. Syslog forwarding: the connector process sends each tenant's events to rsyslog")
+    run_syslog_demo(settings, since, expected, show)

@@ -125,12 +125,24 @@ def test_readme_demo_runs_end_to_end(tmp_path: Path, kafka_lib_dir: Path) -> Non
     assert "300 delivered" in out
     assert "300 events of this run read back from the topic, 4 tenants, 0 undecodable" in out
     step4, _, step5 = out.partition("5. Webhook delivery")
+    step5, _, step6 = step5.partition("6. Syslog forwarding")
     assert step4.count('{"event_id":"evt_') == 3
     # The real connector process delivered every event, signed and in order, then stopped.
     assert "300 of 300 events arrived" in step5
     assert "connector stopped with exit code 0" in step5
     assert "4 tenants, 4 received in partition order; 0 duplicates; 0 bad signatures" in step5
     assert "webhook-signature: v1," in step5
+    # The real syslog connector forwarded every event, in order, to a private rsyslogd.
+    assert "300 of 300 events arrived at rsyslog in 300 lines" in step6
+    assert "connector stopped with exit code 0" in step6
+    assert "4 tenants, 4 received in partition order; 0 duplicates; 0 unreadable lines" in step6
+    shown = [line for line in step6.splitlines() if line.startswith("   <")]
+    assert len(shown) == 3
+    for line in shown:  # verbatim RFC 5424, as rsyslog received it
+        assert " zaita siem-export - " in line and '[audit@32473 event_id="evt_' in line
+    assert "syslog_messages_total=300" in step6
+    rsyslogd_pid = int(step6.split("(pid ", 1)[1].split(")", 1)[0])
+    assert not Path(f"/proc/{rsyslogd_pid}").exists()  # stopped, not left behind
     assert "Stopped the broker" in out
     status = _run(["kafka", "status"], None, cwd=tmp_path)
     assert status.returncode == 3
