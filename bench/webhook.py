@@ -44,23 +44,15 @@ import argparse
 import asyncio
 import contextlib
 import io
-import json
 import multiprocessing
-import os
 import platform
 import pstats
-import re
 import signal
-import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -75,7 +67,6 @@ import _common  # noqa: E402
 import orjson  # noqa: E402
 from aiohttp import web  # noqa: E402
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from connectors.webhook.config import WebhookSettings  # noqa: E402
 from streams.codec import AuditEventCodec  # noqa: E402
@@ -84,94 +75,18 @@ from streams.engine.config import EngineConfig  # noqa: E402
 from streams.publisher import Publisher, producer_config  # noqa: E402
 from streams.synthetic import EventFactory  # noqa: E402
 from streams.tail import tail_consumer_config  # noqa: E402
-from streams.topics import ensure_topics, standard_topics  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 BATCHED = 100  # max_events_per_request of the batched phase
 WARMUP_EVENTS = 500  # published (at the latency rate) before the latency measurement
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-# A connector log line: "<date> <time> LEVEL logger: Message. key=value key=value ..."
-_LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) (\S+): (.*?)((?: [a-z_]+=\S.*)?)$")
-_ERROR_FIELD = re.compile(r' error=("(?:[^"\\]|\\.)*"|\S+)')
-# No proxies from the environment for our own loopback requests.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-# --- CPU accounting ------------------------------------------------------------------------------
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process (all threads) so far; 0.0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, all cores together."""
-    with open("/proc/stat", encoding="ascii") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # guest time is already counted in user
-    return (total - idle) / CLK_TCK, total / CLK_TCK
-
-
-def broker_pid() -> int | None:
-    """The dev broker this script started: a child JVM of ours (None with --bootstrap)."""
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            comm, rest = (entry / "stat").read_text().rsplit(")", 1)
-        except OSError:
-            continue
-        if int(rest.split()[1]) == me and comm.endswith("(java"):
-            return int(entry.name)
-    return None
-
-
-@dataclass(frozen=True)
-class CpuSample:
-    """CPU seconds so far of each process involved, and of the whole machine."""
-
-    connector: float
-    receiver: float
-    broker: float
-    script: float
-    machine_busy: float
-    machine_total: float
-    at: float
-
-    @classmethod
-    def take(cls, connector_pid: int, receiver_pid: int) -> CpuSample:
-        busy, total = machine_cpu()
-        pid = broker_pid()
-        return cls(
-            process_cpu(connector_pid),
-            process_cpu(receiver_pid),
-            process_cpu(pid) if pid else float("nan"),
-            process_cpu(os.getpid()),
-            busy,
-            total,
-            time.perf_counter(),
-        )
-
-
-def describe_cpu(a: CpuSample, b: CpuSample) -> str:
-    seconds = b.at - a.at
-    wall = max(seconds, 1e-9)
-    cores = _common.cpu_count()
-    machine = (b.machine_busy - a.machine_busy) / max(b.machine_total - a.machine_total, 1e-9)
-    broker = "n/a (--bootstrap)" if b.broker != b.broker else f"{(b.broker - a.broker) / wall:.2f}"
-    return (
-        f"CPU over {seconds:.1f} s, in cores: connector {(b.connector - a.connector) / wall:.2f}, "
-        f"receiver {(b.receiver - a.receiver) / wall:.2f}, broker {broker}, this script "
-        f"{(b.script - a.script) / wall:.2f}; machine {machine:.0%} busy of {cores} cores"
-    )
+WEBHOOK_METRICS = (
+    "siem_export_webhook_requests",
+    "siem_export_webhook_request_seconds",
+    "siem_export_webhook_batch_splits",
+)
+WEBHOOK_MEANS = {
+    "siem_export_webhook_request_seconds": "mean request time (queue for a connection included)",
+    **_common.DELIVERY_LATENCY_MEAN,
+}
 
 
 # --- the receiver (child process) ----------------------------------------------------------------
@@ -354,36 +269,7 @@ class Receiver:
         return dict(self.call("stats", timeout=120))
 
 
-def make_tls(tmp: Path) -> tuple[tuple[str, str], Path]:
-    """Server certificate files for 127.0.0.1 (trustme) and the CA bundle that trusts them."""
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    chain, key, bundle = tmp / "server-chain.pem", tmp / "server-key.pem", tmp / "ca.pem"
-    for blob in cert.cert_chain_pems:
-        with chain.open("ab") as out:
-            out.write(blob.bytes())
-    cert.private_key_pem.write_to_path(str(key))
-    ca.cert_pem.write_to_path(str(bundle))
-    return (str(chain), str(key)), bundle
-
-
 # --- the connector (child process) ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with _HTTP.open(url, timeout=timeout) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read()
 
 
 @dataclass(frozen=True)
@@ -399,195 +285,36 @@ class ConnectorSpec:
     profile_to: Path | None = None
 
 
-class Connector:
-    """``siem-export run webhook`` in its own session, configured by environment + file."""
+class Connector(_common.ConnectorProcess):
+    """``siem-export run webhook`` for one ConnectorSpec (see ``_common.ConnectorProcess``)."""
 
     def __init__(self, spec: ConnectorSpec) -> None:
-        self.spec = spec
-        self.group = f"bench-webhook-{uuid.uuid4().hex[:8]}"
-        self.ops_port = free_port()
-        self.log_path = spec.tmp / f"connector-{self.group}.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self.launched = 0.0
-        self.exit_code: int | None = None
-        self.stop_seconds = 0.0
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid if self._process is not None else 0
-
-    def _environment(self, destinations: Path) -> dict[str, str]:
-        s = self.spec
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SIEM_EXPORT_")}
-        env |= {
-            "PYTHONUNBUFFERED": "1",
-            "SIEM_EXPORT_LOG_LEVEL": "WARNING",
-            "SIEM_EXPORT_DESTINATIONS_FILE": str(destinations),
-            "SIEM_EXPORT_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
-            "SIEM_EXPORT_TOPICS__EVENTS": s.topics.events,
-            "SIEM_EXPORT_TOPICS__DLQ": s.topics.dlq,
-            "SIEM_EXPORT_TOPICS__ALERTS": s.topics.alerts,
-            "SIEM_EXPORT_TOPICS__CONFIG": s.topics.config,
-            "SIEM_EXPORT_ENGINE__GROUP_ID": self.group,
-            "SIEM_EXPORT_OPS__PORT": str(self.ops_port),
-            "SIEM_EXPORT_WEBHOOK__ALLOWED_NETWORKS": '["127.0.0.0/8"]',
-            "SIEM_EXPORT_WEBHOOK__ALLOW_HTTP": "true" if s.ca_bundle is None else "false",
+        webhook: dict[str, Any] = {
+            "url": spec.receiver_url,
+            "max_events_per_request": spec.per_request,
         }
-        if s.connections_per_host is not None:
-            env["SIEM_EXPORT_WEBHOOK__MAX_CONNECTIONS_PER_HOST"] = str(s.connections_per_host)
-        env.update(s.extra_env)
-        return env
-
-    def __enter__(self) -> Connector:
-        s = self.spec
-        webhook: dict[str, Any] = {"url": s.receiver_url, "max_events_per_request": s.per_request}
-        if s.ca_bundle is not None:
-            webhook["ca_bundle"] = str(s.ca_bundle)
-        destinations = s.tmp / f"destinations-{self.group}.yaml"
-        # JSON is YAML: the "*" default sends every tenant to the receiver.
-        destinations.write_text(json.dumps({"tenants": {"*": {"webhook": webhook}}}))
-        argv = [sys.executable]
-        if s.profile_to is not None:
-            argv += ["-m", "cProfile", "-o", str(s.profile_to)]
-        argv += ["-m", "connectors", "run", "webhook"]
-        with self.log_path.open("wb") as log:
-            self.launched = time.time()
-            self._process = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
-                argv,
-                cwd=ROOT,
-                env=self._environment(destinations),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C is ours to handle: we stop it in __exit__
-            )
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop(timeout=5 if exc is not None else 60)
-
-    def stop(self, timeout: float = 60) -> None:
-        """SIGTERM (drain and commit), SIGKILL after ``timeout``."""
-        proc = self._process
-        if proc is None or self.exit_code is not None:
-            return
-        began = time.perf_counter()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.stop_seconds = time.perf_counter() - began
-        self.exit_code = proc.returncode
-
-    def check_alive(self) -> None:
-        if self._process is not None and self._process.poll() is not None:
-            raise RuntimeError(
-                f"the connector exited with {self._process.returncode}:\n{self.log_tail()}"
-            )
-
-    def log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def log_summary(self) -> dict[str, int]:
-        """Log records (WARNING and above: all the connector prints) counted by level, logger
-        and message, with the ``error=`` field when there is one; other lines as they are."""
-        counts: Counter[str] = Counter()
-        with contextlib.suppress(OSError):
-            for line in self.log_path.read_text(errors="replace").splitlines():
-                record = _LOG_LINE.match(line)
-                if record is None:
-                    if line.strip() and not line.startswith((" ", "Traceback")):
-                        counts[line[:120]] += 1
-                    continue
-                level, logger, message, fields = record.groups()
-                error = _ERROR_FIELD.search(fields or "")
-                why = f" [{error.group(1).strip(chr(34))[:100]}]" if error else ""
-                counts[f"{level} {logger} {message}{why}"] += 1
-        return dict(counts)
-
-    def wait_ready(self, deadline: float) -> float:
-        """Poll /readyz until it answers 200 (partitions assigned); the time.time() it did."""
-        url = f"http://127.0.0.1:{self.ops_port}/readyz"
-        while True:
-            self.check_alive()
-            with contextlib.suppress(OSError):
-                if http_get(url, 1.0)[0] == 200:
-                    return time.time()
-            if time.monotonic() > deadline:
-                raise _common.BenchTimeout("the connector did not become ready in time")
-            time.sleep(0.05)
-
-    def metrics(self) -> dict[str, float]:
-        """The connector's own and the engine's counters worth showing (name{labels}: value)."""
-        status, body = http_get(f"http://127.0.0.1:{self.ops_port}/metrics", 10)
-        if status != 200:
-            return {}
-        wanted = (
-            "siem_export_webhook_requests",
-            "siem_export_webhook_request_seconds",
-            "siem_export_webhook_batch_splits",
-            "siem_export_retried",
-            "siem_export_failed",
-            "siem_export_dead_lettered",
-            "siem_export_delivered",
-            "siem_export_skipped",
-            "siem_export_delivery_latency_seconds",
+        if spec.ca_bundle is not None:
+            webhook["ca_bundle"] = str(spec.ca_bundle)
+        env = {
+            "SIEM_EXPORT_WEBHOOK__ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+            "SIEM_EXPORT_WEBHOOK__ALLOW_HTTP": "true" if spec.ca_bundle is None else "false",
+        }
+        if spec.connections_per_host is not None:
+            env["SIEM_EXPORT_WEBHOOK__MAX_CONNECTIONS_PER_HOST"] = str(spec.connections_per_host)
+        env.update(spec.extra_env)
+        super().__init__(
+            "webhook",
+            spec.kafka,
+            spec.topics,
+            spec.tmp,
+            webhook,
+            env,
+            metrics_of=WEBHOOK_METRICS,
+            profile_to=spec.profile_to,
         )
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(body.decode()):
-            if not family.name.startswith(wanted):
-                continue
-            for sample in family.samples:
-                if sample.name.endswith(("_created", "_bucket")):
-                    continue
-                labels = ",".join(
-                    f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "connector"
-                )
-                out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
-        return out
 
 
 # --- checking what arrived -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Check:
-    """What the receiver got compared with what was published."""
-
-    expected: int
-    received: int  # copies, duplicates included
-    distinct: int
-    duplicates: int
-    missing: int
-    unexpected: int
-    out_of_order: list[str]
-
-    def __str__(self) -> str:
-        order = "every tenant in publish order"
-        if self.out_of_order:
-            some = ", ".join(self.out_of_order[:5])
-            order = f"{len(self.out_of_order)} tenants OUT OF ORDER ({some})"
-        return (
-            f"received {self.received} copies of {self.distinct} distinct events of "
-            f"{self.expected} published: duplicates {self.duplicates}, missing {self.missing}, "
-            f"unexpected {self.unexpected}; {order}"
-        )
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.out_of_order)
 
 
 def publish_even(kafka: KafkaConfig, topic: str, count: int, tenants: int) -> dict[str, list[str]]:
@@ -600,56 +327,10 @@ def publish_even(kafka: KafkaConfig, topic: str, count: int, tenants: int) -> di
             pub.publish(event)
         if pub.flush(120):
             raise RuntimeError("events were not delivered")
-    return expected_order(events)
-
-
-def expected_order(events: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
-    per_tenant: defaultdict[str, list[str]] = defaultdict(list)
-    for event in events:
-        per_tenant[event["tenant_id"]].append(event["event_id"])
-    return dict(per_tenant)
-
-
-def verify(expected: dict[str, list[str]], got: dict[str, list[str]]) -> Check:
-    """Order is judged on first arrivals: a re-delivered copy is a duplicate, not disorder."""
-    want = {e for ids in expected.values() for e in ids}
-    received = sum(len(ids) for ids in got.values())
-    distinct = {e for ids in got.values() for e in ids}
-    out_of_order = []
-    for tenant, ids in expected.items():
-        seen: set[str] = set()
-        firsts = []
-        for event_id in got.get(tenant, []):
-            if event_id not in seen:
-                seen.add(event_id)
-                firsts.append(event_id)
-        if [e for e in ids if e in seen] != [e for e in firsts if e in want]:
-            out_of_order.append(tenant)
-    return Check(
-        expected=len(want),
-        received=received,
-        distinct=len(distinct),
-        duplicates=received - len(distinct),
-        missing=len(want - distinct),
-        unexpected=len(distinct - want),
-        out_of_order=out_of_order,
-    )
+    return _common.expected_order(events)
 
 
 # --- phases --------------------------------------------------------------------------------------
-
-
-def make_topics(kafka: KafkaConfig, partitions: int, label: str) -> TopicsConfig:
-    stem = f"bench-wh-{label}-{uuid.uuid4().hex[:8]}"
-    topics = TopicsConfig(
-        events=f"{stem}.events",
-        events_partitions=partitions,
-        dlq=f"{stem}.dlq",
-        alerts=f"{stem}.alerts",
-        config=f"{stem}.config",
-    )
-    ensure_topics(kafka, standard_topics(topics))
-    return topics
 
 
 @dataclass
@@ -670,7 +351,7 @@ class Delivery:
     cpu: str
     slowest_lane: str
     metrics: dict[str, float]
-    check: Check
+    check: _common.Check
     exit_code: int | None
     stop_seconds: float
     logs: dict[str, int] = field(default_factory=dict)
@@ -728,9 +409,9 @@ def run_delivery(
     with Connector(spec) as connector:
         deadline = time.monotonic() + time_left()
         ready_at = connector.wait_ready(deadline)
-        before = CpuSample.take(connector.pid, receiver.pid)
+        before = _common.CpuSample.take(connector.pid, receiver.pid)
         progress = wait_for_all(receiver, connector, deadline, label)
-        after = CpuSample.take(connector.pid, receiver.pid)
+        after = _common.CpuSample.take(connector.pid, receiver.pid)
         metrics = connector.metrics()
         connector.stop()
     stats = receiver.stats()  # after the stop: copies sent while draining count too
@@ -746,10 +427,10 @@ def run_delivery(
         copies=progress["events"],
         sizes={int(k): v for k, v in stats["sizes"].items()},
         arrivals=sorted(stats["arrival"].values()),
-        cpu=describe_cpu(before, after),
+        cpu=_common.describe_cpu(before, after),
         slowest_lane=slowest_lane(stats, progress["first"]),
         metrics=metrics,
-        check=verify(expected, stats["by_tenant"]),
+        check=_common.verify(expected, stats["by_tenant"]),
         exit_code=connector.exit_code,
         stop_seconds=connector.stop_seconds,
         logs=connector.log_summary(),
@@ -839,7 +520,7 @@ class Latency:
     latencies: list[float]  # seconds, sorted: publish call to receiver
     kafka_latencies: list[float]  # seconds, sorted: publish call to the bare consumer
     cpu: str
-    check: Check
+    check: _common.Check
     metrics: dict[str, float]
     logs: dict[str, int]
 
@@ -851,7 +532,7 @@ def run_latency(
     make_spec: Callable[[TopicsConfig, int], ConnectorSpec],
     time_left: Callable[[], float],
 ) -> Latency:
-    topics = make_topics(kafka, args.partitions, "lat")
+    topics = _common.make_topics(kafka, args.partitions, "wh-lat")
     total = int(args.latency_rate * args.latency_seconds)
     events = list(EventFactory(args.tenants, seed=3).events(WARMUP_EVENTS + total))
     warmup, measured = events[:WARMUP_EVENTS], events[WARMUP_EVENTS:]
@@ -867,11 +548,11 @@ def run_latency(
             paced_publish(pub, warmup, args.latency_rate)
             wait_for_all(receiver, connector, min(deadline, time.monotonic() + 60), "warm-up")
             receiver.reset("latency", total)
-            before = CpuSample.take(connector.pid, receiver.pid)
+            before = _common.CpuSample.take(connector.pid, receiver.pid)
             sent, seconds = paced_publish(pub, measured, args.latency_rate)
             pub.flush(30)
             wait_for_all(receiver, connector, min(deadline, time.monotonic() + 60), "latency")
-            after = CpuSample.take(connector.pid, receiver.pid)
+            after = _common.CpuSample.take(connector.pid, receiver.pid)
             metrics = connector.metrics()
             connector.stop()
     finally:
@@ -883,8 +564,8 @@ def run_latency(
         publish_seconds=seconds,
         latencies=sorted(arrival[e] - t for e, t in sent.items() if e in arrival),
         kafka_latencies=sorted(probe.seen[e] - t for e, t in sent.items() if e in probe.seen),
-        cpu=describe_cpu(before, after),
-        check=verify(expected_order(measured), stats["by_tenant"]),
+        cpu=_common.describe_cpu(before, after),
+        check=_common.verify(_common.expected_order(measured), stats["by_tenant"]),
         metrics=metrics,
         logs=connector.log_summary(),
     )
@@ -924,19 +605,15 @@ def profile_by_area(path: Path) -> list[tuple[str, float, float]]:
 # --- report --------------------------------------------------------------------------------------
 
 
-def ratio(rate: _common.Rate, ceiling: _common.Rate) -> str:
-    return f"{rate.per_second / ceiling.per_second:.2f}x" if ceiling.per_second else "n/a"
-
-
 def describe_delivery(run: Delivery, ceiling: _common.Rate) -> list[str]:
     mean_size = run.copies / max(run.requests, 1)
     top_sizes = ", ".join(f"{n}: {c}" for n, c in sorted(run.sizes.items())[-3:])
     lines = [
-        f"  from /readyz (partitions):  {run.rate}  = {ratio(run.rate, ceiling)} ceiling",
+        f"  from /readyz (partitions):  {run.rate}  = {_common.ratio(run.rate, ceiling)} ceiling",
         f"  from first event received:  {run.rate_from_first}  "
-        f"= {ratio(run.rate_from_first, ceiling)} ceiling",
+        f"= {_common.ratio(run.rate_from_first, ceiling)} ceiling",
         f"  from process launch:        {run.rate_from_launch}  "
-        f"= {ratio(run.rate_from_launch, ceiling)} ceiling (launch to ready "
+        f"= {_common.ratio(run.rate_from_launch, ceiling)} ceiling (launch to ready "
         f"{run.ready_at - run.launched:.2f} s, ready to first event "
         f"{run.first_at - run.ready_at:.2f} s)",
         f"  arrivals: 50% after {run.share_time(0.5):.2f} s, 90% after "
@@ -950,39 +627,17 @@ def describe_delivery(run: Delivery, ceiling: _common.Rate) -> list[str]:
         f"  connector stopped (SIGTERM) in {run.stop_seconds:.2f} s, exit code {run.exit_code}",
     ]
     if run.metrics:
-        lines.append("  connector metrics: " + ", ".join(describe_metrics(run.metrics)))
+        lines.append(
+            "  connector metrics: "
+            + ", ".join(_common.describe_metrics(run.metrics, WEBHOOK_MEANS))
+        )
     if run.logs:
         lines.append(f"  connector log lines: {run.logs}")
     return lines
 
 
-def describe_metrics(metrics: dict[str, float]) -> list[str]:
-    out = []
-    means = {
-        "siem_export_webhook_request_seconds": "mean request time (queue for a connection "
-        "included)",
-        "siem_export_delivery_latency_seconds": "mean engine delivery latency (record "
-        "timestamp to ack)",
-    }
-    for name, value in sorted(metrics.items()):
-        if not name.startswith(tuple(means)):
-            out.append(f"{name.removeprefix('siem_export_')} {value:g}")
-    for name, what in means.items():
-        count = metrics.get(f"{name}_count", 0)
-        if count:
-            out.append(f"{what} {metrics.get(f'{name}_sum', 0) / count * 1000:.1f} ms")
-    return out
-
-
 def target(met: bool) -> str:
     return "met" if met else "NOT met"
-
-
-def env_setting(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.upper().startswith("SIEM_EXPORT_"):
-        raise argparse.ArgumentTypeError("expected SIEM_EXPORT_<SETTING>=<value>")
-    return key, value
 
 
 def main() -> None:
@@ -1010,26 +665,12 @@ def main() -> None:
         default=None,
         help="SIEM_EXPORT_WEBHOOK__MAX_CONNECTIONS_PER_HOST (default: the setting's default)",
     )
-    parser.add_argument(
-        "--connector-env",
-        action="append",
-        default=[],
-        type=env_setting,
-        metavar="SIEM_EXPORT_X=VALUE",
-        help="extra setting for the connector process (repeatable), e.g. "
-        "SIEM_EXPORT_ENGINE__FETCH_BATCH=500",
-    )
+    _common.add_connector_env(parser, "SIEM_EXPORT_ENGINE__FETCH_BATCH=500")
     parser.add_argument("--https", action="store_true", help="receiver on https (trustme cert)")
     parser.add_argument("--profile", action="store_true", help="extra cProfiled 1-per-POST pass")
     parser.add_argument("--bootstrap", default=None, help="use this cluster instead of a new one")
     args = parser.parse_args()
-    if args.count < 50_000:
-        print(
-            f"note: with --count {args.count} the connector fetches and decodes much of the "
-            "backlog before /readyz answers, so the headline rates flatter it; the rates from "
-            "launch are the lower bound (use 50,000 or more)",
-            flush=True,
-        )
+    _common.note_small_count(args.count)
 
     _common.run_bounded(
         lambda time_left, summary: _main(args, time_left, summary),
@@ -1054,7 +695,7 @@ def _main(args: argparse.Namespace, time_left: Callable[[], float], summary: lis
         tls_files: tuple[str, str] | None = None
         ca_bundle: Path | None = None
         if args.https:
-            tls_files, ca_bundle = make_tls(tmp)
+            tls_files, ca_bundle = _common.make_tls(tmp)
         kafka = stack.enter_context(_common.broker(args.bootstrap))
         receiver = stack.enter_context(Receiver(tls_files))
         scheme = "https" if args.https else "http"
@@ -1088,9 +729,11 @@ def _main(args: argparse.Namespace, time_left: Callable[[], float], summary: lis
             )
 
         # (1) publish, (2) ceiling
-        topics = make_topics(kafka, args.partitions, "tput")
+        topics = _common.make_topics(kafka, args.partitions, "wh-tput")
         produced = _common.publish(kafka, topics.events, args.count, args.tenants)
-        expected = expected_order(list(EventFactory(args.tenants, seed=1).events(args.count)))
+        expected = _common.expected_order(
+            list(EventFactory(args.tenants, seed=1).events(args.count))
+        )
         biggest = max(len(ids) for ids in expected.values())
         print(
             f"\n[1] publish: {args.count} events, {len(expected)} tenants (largest "
@@ -1105,10 +748,10 @@ def _main(args: argparse.Namespace, time_left: Callable[[], float], summary: lis
         even_topics: TopicsConfig | None = None
         even_expected: dict[str, list[str]] = {}
         if "even" in args.phases:
-            even_topics = make_topics(kafka, args.partitions, "even")
+            even_topics = _common.make_topics(kafka, args.partitions, "wh-even")
             even_expected = publish_even(kafka, even_topics.events, args.count, args.tenants)
 
-        checks: list[Check] = []
+        checks: list[_common.Check] = []
         # (3) one event per POST, (3b) the same with even tenants, (4) batches of 100
         for number, per_request, phase in (
             ("3", 1, "single"),
@@ -1142,9 +785,9 @@ def _main(args: argparse.Namespace, time_left: Callable[[], float], summary: lis
                 f"{per_request} event(s) per POST{' (even tenants)' if even else ''}: "
                 f"{run.rate.per_second:,.0f} events/s from "
                 f"/readyz = "
-                f"{ratio(run.rate, ceiling)} ceiling (from launch "
+                f"{_common.ratio(run.rate, ceiling)} ceiling (from launch "
                 f"{run.rate_from_launch.per_second:,.0f}/s = "
-                f"{ratio(run.rate_from_launch, ceiling)}); {goal}"
+                f"{_common.ratio(run.rate_from_launch, ceiling)}); {goal}"
             )
 
         for per_request in (1, BATCHED) if args.profile else ():
@@ -1196,7 +839,10 @@ def _main(args: argparse.Namespace, time_left: Callable[[], float], summary: lis
             print(f"  {lat.cpu}")
             print(f"  check: {lat.check}")
             if lat.metrics:
-                print("  connector metrics: " + ", ".join(describe_metrics(lat.metrics)))
+                print(
+                    "  connector metrics: "
+                    + ", ".join(_common.describe_metrics(lat.metrics, WEBHOOK_MEANS))
+                )
             if lat.logs:
                 print(f"  connector log lines: {lat.logs}")
             summary.append(
