@@ -167,6 +167,8 @@ class SyslogSink:
         if dest is not None:
             collector, refused = self._collector(dest)
             route = _Route(dest, dest.endpoint(), collector, refused)
+            if refused is not None:
+                return route  # not kept: the TLS files are tried again on the next attempt
         self._routes[tenant_id] = route
         return route
 
@@ -268,19 +270,11 @@ class SyslogSink:
         frames: list[bytes],
     ) -> asyncio.Future[None] | None:
         transport = collector.dest.transport
-        link = await self._link(tenant_id, route, collector)
         where = (tenant_id, batch[0].partition)
-        resend_from = self._resend_from.get(where)
-        if resend_from is not None:
-            if batch[0].offset > resend_from:
-                # Sent before an earlier batch of the lane failed (the engine forgets its
-                # answer): writing it now would put it ahead of that batch's second copy.
-                raise SinkError(
-                    f"{route.endpoint}: an earlier batch of the tenant failed; not sending "
-                    "events after it before it is sent again",
-                    retriable=True,
-                )
-            del self._resend_from[where]
+        self._check_resend(route, where, batch[0].offset)  # before connecting for nothing
+        link = await self._link(tenant_id, route, collector)
+        self._check_resend(route, where, batch[0].offset)  # a batch may have failed meanwhile
+        self._resend_from.pop(where, None)
         try:
             future = await link.send(frames)
         except SinkError as exc:
@@ -289,6 +283,17 @@ class SyslogSink:
         self.metrics.messages.labels(transport).inc(len(frames))
         self._sweep()
         return future
+
+    def _check_resend(self, route: _Route, where: tuple[str, int], first: int) -> None:
+        resend_from = self._resend_from.get(where)
+        if resend_from is not None and first > resend_from:
+            # Sent before an earlier batch of the lane failed (the engine forgets its answer):
+            # writing it now would put it ahead of that batch's second copy.
+            raise SinkError(
+                f"{route.endpoint}: an earlier batch of the tenant failed; not sending events "
+                "after it before it is sent again",
+                retriable=True,
+            )
 
     async def _link(self, tenant_id: str, route: _Route, collector: _Collector) -> Link:
         link = collector.link

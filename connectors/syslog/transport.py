@@ -202,6 +202,12 @@ class UdpLink:
             self._lost = f"{self.endpoint}: cannot send: {_describe(exc)}"
             self._transport.abort()
             raise SinkError(self._lost, retriable=True) from None
+        if self._protocol.error is not None:
+            # sendto does not raise: the kernel refused a datagram of this batch (nobody
+            # listens) and asyncio reported it to the protocol. Not acknowledged.
+            self._lost = f"{self.endpoint}: {self._protocol.error}"
+            self._transport.abort()
+            raise SinkError(self._lost, retriable=True)
         return None
 
     def _buffered(self) -> int:
