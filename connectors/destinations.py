@@ -24,7 +24,8 @@ empty file, or an empty ``tenants:``, means no destinations.
 
 Reload: the watcher hashes the file every ``interval`` seconds; a valid new version replaces the
 old one at once, an invalid or unreadable one is logged once and the old one stays. Problems
-name the key path and why, never a value: values hold secrets (headers, signing secrets).
+name the key path and why, never a value: values hold secrets (headers, signing secrets, Azure
+storage keys).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from connectors.errors import SettingsError
+from connectors.storage.config import StorageDestination
 from connectors.syslog.config import SyslogDestination
 from connectors.webhook.config import WebhookDestination
 
@@ -78,8 +80,7 @@ class TenantDestinations(BaseModel):
 
     webhook: WebhookDestination | None = None
     syslog: SyslogDestination | None = None
-    # A plain mapping until the storage connector brings its typed model.
-    storage: dict[str, Any] | None = None
+    storage: StorageDestination | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,11 @@ class Destinations:
         """The syslog collector of :meth:`for_tenant` (same opt-out rule as ``webhook_for``)."""
         entry = self.for_tenant(tenant_id)
         return entry.syslog if entry is not None else None
+
+    def storage_for(self, tenant_id: str) -> StorageDestination | None:
+        """The bucket of :meth:`for_tenant` (same opt-out rule as ``webhook_for``)."""
+        entry = self.for_tenant(tenant_id)
+        return entry.storage if entry is not None else None
 
 
 def load_destinations(path: Path) -> Destinations:

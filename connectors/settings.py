@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 from connectors.errors import SettingsError
 from connectors.ops import OpsConfig
+from connectors.storage.config import StorageSettings
 from connectors.syslog.config import SyslogSettings
 from connectors.webhook.config import WebhookSettings
 from streams.config import KafkaConfig, TopicsConfig
@@ -57,6 +58,7 @@ class Settings(BaseSettings):
     ops: OpsConfig = Field(default_factory=OpsConfig)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     syslog: SyslogSettings = Field(default_factory=SyslogSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     destinations_file: Path | None = Field(
         default=None, description="YAML file of per-tenant destinations."
     )

@@ -69,7 +69,15 @@ def test_brief_example_loads(tmp_path: Path) -> None:
     assert entry.webhook.headers["Authorization"].get_secret_value() == "Bearer tok"
     assert entry.syslog is not None
     assert entry.syslog.endpoint() == "tls://siem.example.com:6514"
-    assert entry.storage == {"url": "s3://bucket/prefix", "format": "jsonl"}
+    assert entry.storage is not None
+    assert (entry.storage.provider, entry.storage.bucket, entry.storage.prefix) == (
+        "s3",
+        "bucket",
+        "prefix",
+    )
+    assert (entry.storage.format, entry.storage.compression) == ("jsonl", "gzip")
+    assert d.storage_for("tnt_7g8h9i0j") is entry.storage
+    assert d.storage_for("tnt_other") is None  # "*" has no storage entry
     assert d.default is not None and d.default.webhook is not None
     assert d.default.webhook.url == "https://default.example.com/in"
     assert len(d.fingerprint) == 64
@@ -271,6 +279,60 @@ def test_unreadable_file(tmp_path: Path) -> None:
         "cannot read the file: No such file or directory"
     ]
     assert problems_of(tmp_path) == ["cannot read the file: Is a directory"]
+
+
+def test_storage_entries_are_validated_and_named_by_key_path(tmp_path: Path) -> None:
+    account_key = "S3CRETazureKEY+/" * 5 + "=="  # base64-looking, distinctive
+    path = write(
+        tmp_path / "d.yaml",
+        f"""\
+        tenants:
+          a: {{storage: {{url: "azure://logs/zaita", kms_key_id: "alias/k",
+                         connection_string: "AccountName=acct;AccountKey={account_key}"}}}}
+          b: {{storage: {{url: "s3://Bad_Bucket/x", formt: json}}}}
+          c: {{storage: {{url: "gs://audit-logs/../up", interval: "5 minutes"}}}}
+          d: {{storage: {{url: "azure://logs", account_url: "https://acct.blob.core.windows.net",
+                         account_key: "not base64 {account_key}!"}}}}
+          "*": {{storage: {{url: "s3://audit-logs/zaita", interval: 1h, endpoint_url:
+                           "http://127.0.0.1:8333"}}}}
+        """,
+    )
+    problems = problems_of(path)
+    assert sorted(problems) == sorted(
+        [
+            "tenants.a.storage: kms_key_id applies to s3 only",
+            "tenants.b.storage.url: bucket name must have 3-63 lower-case letters, digits, '.' "
+            "or '-', starting and ending alphanumeric",
+            "tenants.b.storage.formt: unknown key (did you mean 'format'?)",
+            "tenants.c.storage.url: prefix segment 1 is '..'",
+            "tenants.c.storage.interval: duration '5 minutes' is not a number followed by s, m, "
+            "h or d (e.g. '30s', '5m', '1h', '1d')",
+            "tenants.d.storage.account_key: must be the base64 access key of the storage account",
+        ]
+    )
+    text = str(problems_of(path)) + "\n".join(problems)
+    assert "S3CRET" not in text and "AccountKey" not in text
+
+
+def test_storage_for_follows_the_fallback_rules(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "d.yaml",
+        """\
+        tenants:
+          own: {storage: {url: "gs://own-bucket/audit/", format: json, compression: none}}
+          opted_out: {webhook: {url: "https://o.example.com"}}
+          "*": {storage: {url: "s3://shared-audit/zaita", interval: 1h,
+                          endpoint_url: "http://127.0.0.1:8333"}}
+        """,
+    )
+    d = load_destinations(path)
+    own = d.storage_for("own")
+    assert own is not None and own.endpoint() == "gs://own-bucket/audit"
+    assert own.extension == "json"
+    assert d.storage_for("opted_out") is None
+    shared = d.storage_for("tnt_unlisted")
+    assert shared is not None and shared.interval == 3600.0 and shared.path_style
+    assert shared.endpoint() == "s3://shared-audit/zaita via http://127.0.0.1:8333"
 
 
 def secret_leaking_file(tmp_path: Path) -> Path:
