@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from array import array
+from collections.abc import Sequence
 
 from streams.engine.core import _log
 from streams.engine.dispatch import Dispatching
@@ -136,25 +138,29 @@ class Delivering(Dispatching):
         # Whatever was not settled stays in flight and goes first in the next send.
         lane.in_flight = rest
         self._in_flight -= len(done)
+        if rejected:
+            stamps = [e.timestamp_ms for i, e in enumerate(done) if i not in rejected]
+        else:
+            stamps = [e.timestamp_ms for e in done]
         if result is not None and result.pending is not None:
-            custody = Custody(done[0].offset, done[-1].offset, done, result.pending)
+            custody = Custody(done[0].offset, done[-1].offset, array("q", stamps), result.pending)
             lane.custody.append(custody)
             result.pending.add_done_callback(lambda f: self._custody_done(part, lane, custody))
             return
-        self._acknowledged(lane, [e for i, e in enumerate(done) if i not in rejected])
+        self._acknowledged(lane, stamps)
 
-    def _acknowledged(self, lane: Lane, events: list[Envelope]) -> None:
-        if not events:
+    def _acknowledged(self, lane: Lane, timestamps: Sequence[int]) -> None:
+        """Count events as delivered and observe their latency (record time to now)."""
+        if not timestamps:
             return
-        now = time.time()
         name = self.sink.name
-        self.metrics.delivered.labels(name).inc(len(events))
-        millis = now * 1000
+        self.metrics.delivered.labels(name).inc(len(timestamps))
+        millis = time.time() * 1000
         self.metrics.latency.observe_batch(
-            (name,), [max(0.0, millis - env.timestamp_ms) / 1000 for env in events]
+            (name,), [max(0.0, millis - stamp) / 1000 for stamp in timestamps]
         )
         if self.cfg.tenant_labels:
-            self.metrics.tenant_delivered.labels(name, lane.tenant_id).inc(len(events))
+            self.metrics.tenant_delivered.labels(name, lane.tenant_id).inc(len(timestamps))
 
     def _custody_done(self, part: PartitionLanes, lane: Lane, custody: Custody) -> None:
         if part.revoked or custody not in lane.custody:
@@ -182,7 +188,7 @@ class Delivering(Dispatching):
             and lane.custody[0].future.done()
             and not (lane.custody[0].future.cancelled() or lane.custody[0].future.exception())
         ):
-            self._acknowledged(lane, lane.custody.popleft().events)
+            self._acknowledged(lane, lane.custody.popleft().timestamps)
         if lane.parked_from is not None and not lane.custody:
             # A parked lane's driver stops while batches are in custody: resume it now.
             self._wake(part, lane)

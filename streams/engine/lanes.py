@@ -33,6 +33,7 @@ metadata is ignored the same way (plain restart from C).
 from __future__ import annotations
 
 import asyncio
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -48,7 +49,9 @@ class Custody:
 
     first_offset: int
     last_offset: int
-    events: list[Envelope]
+    timestamps: array[int]
+    """Record timestamps (ms) of the events it acknowledges (for the latency metric): a
+    storage file may hold 100,000 events for minutes, so the events themselves are not kept."""
     future: asyncio.Future[None]
 
 

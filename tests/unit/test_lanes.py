@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import cast
@@ -222,7 +223,9 @@ class Driver:
         if lane.parked_from is not None and offset >= lane.parked_from:
             return  # read again after unpark
         pending = {e.offset for e in (*lane.queue, *lane.in_flight)}
-        pending |= {e.offset for c in lane.custody for e in c.events} | lane.dead_lettering
+        for c in lane.custody:  # a batch in custody: the tenant's events in that range
+            pending |= set(range(c.first_offset, c.last_offset + 1))
+        pending |= lane.dead_lettering
         if offset not in pending:
             raise LossError(f"instance {self.instance} skipped unacknowledged {offset} ({tenant})")
 
@@ -380,7 +383,8 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def custody(loop: asyncio.AbstractEventLoop, envs: list[Envelope]) -> Custody:
-    return Custody(envs[0].offset, envs[-1].offset, envs, loop.create_future())
+    stamps = array("q", [e.timestamp_ms for e in envs])
+    return Custody(envs[0].offset, envs[-1].offset, stamps, loop.create_future())
 
 
 # ---------------------------------------------------------------------------- 1. commit point
