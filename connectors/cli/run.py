@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import click
 
@@ -22,6 +22,8 @@ from connectors.errors import SettingsError
 from connectors.health import DestinationHealth, HealthThresholds
 from connectors.runtime import run_connector
 from connectors.settings import Settings
+from connectors.storage.sink import METHOD as STORAGE
+from connectors.storage.sink import StorageSink
 from connectors.syslog.sink import METHOD as SYSLOG
 from connectors.syslog.sink import SyslogSink
 from connectors.webhook.sink import METHOD as WEBHOOK
@@ -53,21 +55,12 @@ def run() -> None:
 @click.pass_context
 def webhook(ctx: click.Context, destinations_file: Path | None) -> None:
     """Deliver each tenant's events by HTTPS POST to its webhook endpoint, in order."""
-    settings = settings_of(ctx)
-    path, destinations = _destinations(settings, destinations_file)
-    cfg = settings.webhook
-    raise SystemExit(
-        asyncio.run(
-            _run_method(
-                settings,
-                path,
-                destinations,
-                WEBHOOK,
-                cfg.health,
-                cfg.reload_seconds,
-                lambda health: WebhookSink(cfg, destinations, health),
-            )
-        )
+    _serve(
+        ctx,
+        destinations_file,
+        WEBHOOK,
+        lambda s: s.webhook,
+        lambda s, d, h: WebhookSink(s.webhook, d, h),
     )
 
 
@@ -76,19 +69,57 @@ def webhook(ctx: click.Context, destinations_file: Path | None) -> None:
 @click.pass_context
 def syslog(ctx: click.Context, destinations_file: Path | None) -> None:
     """Forward each tenant's events as RFC 5424 syslog (UDP, TCP, TLS or RELP), in order."""
+    _serve(
+        ctx,
+        destinations_file,
+        SYSLOG,
+        lambda s: s.syslog,
+        lambda s, d, h: SyslogSink(s.syslog, d, h),
+    )
+
+
+@run.command("storage")
+@_DESTINATIONS_OPTION
+@click.pass_context
+def storage(ctx: click.Context, destinations_file: Path | None) -> None:
+    """Write each tenant's events as JSON Lines / JSON files to its S3, Azure or GCS bucket."""
+    _serve(
+        ctx,
+        destinations_file,
+        STORAGE,
+        lambda s: s.storage,
+        lambda s, d, h: StorageSink(s.storage, d, h),
+    )
+
+
+class _MethodSettings(Protocol):
+    @property
+    def health(self) -> HealthThresholds: ...
+    @property
+    def reload_seconds(self) -> float: ...
+
+
+def _serve(
+    ctx: click.Context,
+    option: Path | None,
+    method: str,
+    section: Callable[[Settings], _MethodSettings],
+    build: Callable[[Settings, Destinations, DestinationHealth], _ReloadableSink],
+) -> NoReturn:
+    """Load settings and destinations (exit 2 if wrong), run the method, exit with its code."""
     settings = settings_of(ctx)
-    path, destinations = _destinations(settings, destinations_file)
-    cfg = settings.syslog
+    path, destinations = _destinations(settings, option)
+    cfg = section(settings)
     raise SystemExit(
         asyncio.run(
             _run_method(
                 settings,
                 path,
                 destinations,
-                SYSLOG,
+                method,
                 cfg.health,
                 cfg.reload_seconds,
-                lambda health: SyslogSink(cfg, destinations, health),
+                lambda health: build(settings, destinations, health),
             )
         )
     )

@@ -166,6 +166,9 @@ class StorageSettings(BaseModel):
         description="Size of each uploaded part but the last (S3 needs at least 5 MiB).",
     )
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    max_concurrent_uploads: int = Field(
+        default=16, ge=1, le=256, description="Files written at the same time (all tenants)."
+    )
     upload_timeout_seconds: float = Field(
         default=300.0,
         gt=0,

@@ -61,8 +61,11 @@ class Committing(EngineCore):
         assert loop is not None  # noqa: S101
         owned = [self._parts[tp.partition] for tp in partitions if tp.partition in self._parts]
         for part in owned:
-            part.revoked = True  # Stop dispatching and acknowledging into this partition.
+            part.revoked = True  # Stop dispatching into this partition.
         if owned and not self._hard_stop:
+            # A sink holding events open (files being assembled) hands them over now, so
+            # that what it writes within the wait below is committed by this revoke.
+            loop.call_soon_threadsafe(self._sink_hook, "flush", [p.partition for p in owned])
             waiting = asyncio.run_coroutine_threadsafe(self._settle(owned), loop)
             try:
                 offsets = waiting.result(self.cfg.revoke_timeout_seconds + 5)
@@ -100,8 +103,19 @@ class Committing(EngineCore):
             await asyncio.sleep(0.02)
         return [self._offsets_of(part) for part in parts]
 
+    def _sink_hook(self, name: str, partitions: list[int] | None) -> None:
+        """Call the sink's optional ``flush``/``forget`` (see streams.engine.sink); never raise."""
+        hook = getattr(self.sink, name, None)
+        if hook is None:
+            return
+        try:
+            hook(partitions)
+        except Exception:  # noqa: BLE001 - a sink bug must not break a rebalance
+            _log.exception("The sink's %s hook failed.", name, extra={"partitions": partitions})
+
     async def _forget_all(self, parts: Sequence[PartitionLanes]) -> None:
         """Drop revoked partitions (on the loop, which owns lane state)."""
+        self._sink_hook("forget", [part.partition for part in parts])
         for part in parts:
             if self._parts.get(part.partition) is part:
                 del self._parts[part.partition]

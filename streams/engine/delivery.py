@@ -163,18 +163,20 @@ class Delivering(Dispatching):
             self.metrics.tenant_delivered.labels(name, lane.tenant_id).inc(len(timestamps))
 
     def _custody_done(self, part: PartitionLanes, lane: Lane, custody: Custody) -> None:
-        if part.revoked or custody not in lane.custody:
-            return
+        if custody not in lane.custody:
+            return  # forgotten: the lane failed from an earlier batch, or the partition is gone
         future = custody.future
         if future.cancelled() or future.exception() is not None:
             # Everything from this batch on is re-read from Kafka, in order.
             exc = None if future.cancelled() else future.exception()
             error = exc if isinstance(exc, SinkError) else SinkError(str(exc or "cancelled"))
+            # From the oldest batch still in custody on (not just this one): a sink may fail
+            # a later batch first.
+            first = lane.custody[0].first_offset
             lane.custody.clear()
             lane.epoch += 1
             self._buffered -= len(lane.queue)
             lane.queue.clear()
-            first = custody.first_offset
             lane.parked_from = first if lane.parked_from is None else min(lane.parked_from, first)
             lane.high_water = min(lane.high_water, first - 1)
             lane.failures += 1

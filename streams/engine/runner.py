@@ -93,6 +93,10 @@ class Engine(Delivering):
             await self._call(self._pause_all)
         if not self._hard_stop:
             deadline = time.monotonic() + self.cfg.shutdown_grace_seconds
+            while time.monotonic() < deadline and not self._hard_stop and self._busy(custody=False):
+                await asyncio.sleep(0.05)
+            # Everything was handed to the sink: let it close what it holds open (files).
+            self._sink_hook("flush", None)
             while time.monotonic() < deadline and not self._hard_stop and self._busy():
                 await asyncio.sleep(0.05)
             await self._commit_all()
@@ -106,9 +110,10 @@ class Engine(Delivering):
         await self.sink.close()
         self._executor.shutdown(wait=True)
 
-    def _busy(self) -> bool:
+    def _busy(self, custody: bool = True) -> bool:
+        """Whether events wait to be sent or acknowledged (``custody``: count the sink's too)."""
         return any(
-            lane.queue or lane.in_flight or lane.custody or lane.dead_lettering
+            lane.queue or lane.in_flight or (custody and lane.custody) or lane.dead_lettering
             for part in self._parts.values()
             for lane in part.lanes.values()
         )

@@ -14,6 +14,17 @@ it came from) of ONE tenant, in partition order, and answers one of three ways:
   than it was offered, say); the rest stays in flight and is offered again at once, first;
 * raise ``SinkError``: nothing of the batch is acknowledged; the engine retries the same
   batch later (``retriable`` and ``retry_after`` say when), never reordering the lane.
+
+A sink that holds events open for a while (files assembled for minutes) may also define two
+optional methods, called on the event loop:
+
+* ``flush(partitions: list[int] | None) -> None``: hand over now what is held open for those
+  partitions (None: all), e.g. close and upload the open files, so that their custody settles.
+  Called when partitions are revoked (before the bounded wait for custody and the commit) and
+  on shutdown once the lanes have sent their last events.
+* ``forget(partitions: list[int]) -> None``: those partitions are no longer ours (revoked and
+  committed, or lost): drop what is still open for them and write nothing more for them; the
+  new owner reads those events again from the committed offset.
 """
 
 from __future__ import annotations

@@ -1,0 +1,248 @@
+"""The storage sink's file lifecycle against an in-memory object store (a fake writer).
+
+The real stores (S3, Azure, GCS servers) are in the integration tests; here only what the sink
+decides: when files close, what goes into them and under which key, how failures reach the
+engine (and the resend guard), the engine hooks, and cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from connectors.destinations import Destinations, load_destinations
+from connectors.health import DestinationHealth, HealthThresholds
+from connectors.storage.config import StorageDestination, StorageSettings
+from connectors.storage.sink import StorageSink, make_writer
+from connectors.storage.writer import StorageError
+from streams.engine.sink import Envelope, SendResult
+from streams.errors import SinkError
+from tests.syslog_support import synthetic_envelopes
+
+pytestmark = pytest.mark.unit
+TENANT = "tnt_store0001"
+
+
+class MemoryStore:
+    """A fake ObjectWriter: objects in a dict; fails or holds on command."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, dict[str, str], str]] = {}
+        self.puts: list[str] = []
+        self.fail: StorageError | None = None
+        self.hold: asyncio.Event | None = None
+        self.closed = False
+
+    async def put(
+        self,
+        key: str,
+        size: int,
+        read_part: Callable[[int, int], bytes],
+        metadata: Mapping[str, str],
+        content_type: str,
+        content_encoding: str | None,
+        sha256_hex: str,
+    ) -> None:
+        self.puts.append(key)
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.fail is not None:
+            raise self.fail
+        content = b"".join(read_part(offset, 7) for offset in range(0, size, 7))
+        assert len(content) == size and content_encoding is None
+        self.objects[key] = (content, dict(metadata), content_type)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def lane(count: int, start: int = 0, partition: int = 3) -> list[Envelope]:
+    """``count`` events of TENANT at offsets start, start+2, ... of one partition."""
+    out = []
+    for i, env in enumerate(synthetic_envelopes(count, seed=start + 1)):
+        event = {**env.event, "tenant_id": TENANT}
+        out.append(
+            Envelope("t", partition, start + 2 * i, 1_773_562_937_003 + i, TENANT, event, 0, b"")
+        )
+    return out
+
+
+class Rig:
+    def __init__(self, tmp: Path, entry: dict[str, Any], **settings: Any) -> None:
+        self.tmp = tmp
+        self.store = MemoryStore()
+        self.alerts: list[dict[str, Any]] = []
+        self.registry = CollectorRegistry()
+        self.settings = StorageSettings(**settings)
+        self.health = DestinationHealth(
+            "storage",
+            HealthThresholds(failing_after_failures=3),
+            lambda _t, body: self.alerts.append(json.loads(body)),
+            registry=self.registry,
+        )
+        self.sink = StorageSink(
+            self.settings,
+            self.destinations(entry),
+            self.health,
+            writer_factory=lambda _d, _s: self.store,
+            registry=self.registry,
+        )
+
+    def destinations(self, entry: dict[str, Any]) -> Destinations:
+        path = self.tmp / f"d{len(list(self.tmp.iterdir()))}.json"
+        path.write_text(json.dumps({"tenants": {"*": {"storage": entry}}}))
+        return load_destinations(path)
+
+    async def send(self, batch: list[Envelope]) -> SendResult:
+        result = await self.sink.send(TENANT, batch)
+        assert result is not None and result.pending is not None
+        return result
+
+    def lines(self, key: str) -> list[dict[str, Any]]:
+        content = self.store.objects[key][0]
+        return [json.loads(line) for line in gzip.decompress(content).splitlines()]
+
+
+S3 = {"url": "s3://audit-bucket/zaita", "interval": "1h"}
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    return Rig(tmp_path, {**S3, "max_events": 5})
+
+
+async def test_a_file_closes_at_max_events_and_a_batch_across_it_is_split(rig: Rig) -> None:
+    batch = lane(8)
+    first = await rig.send(batch)
+    assert first.settled == 5  # the rest comes next, into a new file
+    await asyncio.wait_for(first.pending, 5)  # type: ignore[arg-type]
+    second = await rig.send(batch[5:])
+    assert second.settled is None and not second.pending.done()  # type: ignore[union-attr]
+    [key] = rig.store.objects
+    assert key == f"zaita/tenant_id={TENANT}/date=2026-03-15/hour=08/{TENANT}-3-0.jsonl.gz"
+    assert [e["event_id"] for e in rig.lines(key)] == [e.event["event_id"] for e in batch[:5]]
+    _, metadata, content_type = rig.store.objects[key]
+    assert metadata["eventcount"] == "5" and metadata["firstoffset"] == "0"
+    assert metadata["lastoffset"] == "8" and content_type == "application/gzip"
+    # The open file is written on flush; its key starts at its own first offset.
+    rig.sink.flush(None)
+    await asyncio.wait_for(second.pending, 5)  # type: ignore[arg-type]
+    assert f"zaita/tenant_id={TENANT}/date=2026-03-15/hour=08/{TENANT}-3-10.jsonl.gz" in (
+        rig.store.objects
+    )
+    assert (
+        rig.registry.get_sample_value(
+            "siem_export_storage_files_closed_total", {"reason": "events"}
+        )
+        == 1
+    )
+
+
+async def test_the_interval_closes_a_file_without_new_events(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, {**S3, "interval": "1s"})
+    result = await rig.send(lane(3))
+    assert not result.pending.done()  # type: ignore[union-attr]
+    await asyncio.wait_for(result.pending, 5)  # type: ignore[arg-type]
+    assert len(rig.store.objects) == 1
+    assert (
+        rig.registry.get_sample_value(
+            "siem_export_storage_files_closed_total", {"reason": "interval"}
+        )
+        == 1
+    )
+
+
+async def test_a_failed_upload_fails_the_file_and_the_lane_restarts_from_its_first_event(
+    rig: Rig,
+) -> None:
+    rig.store.fail = StorageError("503 SlowDown", bucket="audit-bucket", permanent=False)
+    batch = lane(12)
+    full = await rig.send(batch[:5])  # closes at 5: upload starts and fails
+    newer = await rig.send(batch[5:8])  # a newer open file of the same lane
+    with pytest.raises(SinkError) as failed:
+        await asyncio.wait_for(full.pending, 5)  # type: ignore[arg-type]
+    assert failed.value.retriable and "503 SlowDown" in str(failed.value)
+    with pytest.raises(SinkError):  # the newer file is dropped: its events come again
+        await asyncio.wait_for(newer.pending, 5)  # type: ignore[arg-type]
+    # Events after the failed file's first one are refused until that one comes back.
+    with pytest.raises(SinkError, match="earlier file"):
+        await rig.sink.send(TENANT, batch[8:])
+    rig.store.fail = None
+    again = await rig.send(batch[:5])
+    await asyncio.wait_for(again.pending, 5)  # type: ignore[arg-type]
+    assert [e["event_id"] for e in rig.lines(rig.store.puts[-1])] == [
+        e.event["event_id"] for e in batch[:5]
+    ]
+    assert rig.store.puts[0] == rig.store.puts[-1]  # the same key: the replay overwrites
+
+
+async def test_a_permanent_failure_is_not_retriable_and_alerts_at_once(rig: Rig) -> None:
+    rig.store.fail = StorageError("AccessDenied", bucket="audit-bucket", permanent=True)
+    result = await rig.send(lane(5))
+    with pytest.raises(SinkError) as failed:
+        await asyncio.wait_for(result.pending, 5)  # type: ignore[arg-type]
+    assert not failed.value.retriable
+    [alert] = rig.alerts
+    assert alert["state"] == "failing" and alert["method"] == "storage"
+    assert alert["endpoint"] == "s3://audit-bucket/zaita"
+    assert "AccessDenied" in alert["reason"]
+
+
+async def test_flush_and_forget_act_on_their_partitions_only(rig: Rig) -> None:
+    on_3 = await rig.send(lane(2, partition=3))
+    on_4 = await rig.send(lane(2, start=100, partition=4))
+    rig.sink.flush([3])
+    await asyncio.wait_for(on_3.pending, 5)  # type: ignore[arg-type]
+    assert not on_4.pending.done()  # type: ignore[union-attr]
+    rig.sink.forget([4])
+    with pytest.raises(SinkError, match="revoked"):
+        await asyncio.wait_for(on_4.pending, 5)  # type: ignore[arg-type]
+    assert len(rig.store.objects) == 1  # nothing written for the forgotten partition
+
+
+async def test_forget_cancels_an_upload_in_progress(rig: Rig) -> None:
+    rig.store.hold = asyncio.Event()
+    result = await rig.send(lane(5))  # full: the upload starts and waits
+    while not rig.store.puts:
+        await asyncio.sleep(0.01)
+    rig.sink.forget([3])
+    with pytest.raises(SinkError, match="cancelled"):
+        await asyncio.wait_for(result.pending, 5)  # type: ignore[arg-type]
+    assert not rig.store.objects
+
+
+async def test_unrouted_tenants_are_acknowledged_without_a_file(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, S3)
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"tenants": {"tnt_other": {"storage": S3}}}))
+    rig.sink.update_destinations(rig.sink._destinations, load_destinations(path))
+    assert await rig.sink.send(TENANT, lane(3)) is None
+    assert rig.registry.get_sample_value("siem_export_storage_unrouted_events_total") == 3
+
+
+async def test_close_discards_open_files_and_closes_the_writer(rig: Rig) -> None:
+    written = await rig.send(lane(5))  # full: written, so the sink holds a writer
+    await asyncio.wait_for(written.pending, 5)  # type: ignore[arg-type]
+    still_open = await rig.send(lane(2, start=100))
+    await rig.sink.close()
+    with pytest.raises(SinkError, match="stopping"):
+        await asyncio.wait_for(still_open.pending, 1)  # type: ignore[arg-type]
+    assert rig.store.closed
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("storage-")]
+
+
+def test_plain_http_endpoints_need_allow_http() -> None:
+    dest = StorageDestination.model_validate(
+        {"url": "s3://audit-bucket/x", "endpoint_url": "http://127.0.0.1:8333"}
+    )
+    with pytest.raises(StorageError) as refused:
+        make_writer(dest, StorageSettings())
+    assert refused.value.permanent and "ALLOW_HTTP" in str(refused.value)
+    make_writer(dest, StorageSettings(allow_http=True))  # builds (connects lazily)
