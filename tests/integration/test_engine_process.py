@@ -181,7 +181,9 @@ def test_kill_9_during_a_stream_loses_nothing(kafka_bootstrap: str, tmp_path: Pa
 
 def test_a_second_process_joins_and_leaves_mid_stream(kafka_bootstrap: str, tmp_path: Path) -> None:
     topics = fresh_topics(kafka_bootstrap, partitions=6)
-    stream = Stream(kafka_bootstrap, topics.events, 12_000, 50, rate=2000)
+    # 12 s of events: the second process must join (a rebalance, slower on a loaded machine)
+    # while they still come, or it has nothing to receive.
+    stream = Stream(kafka_bootstrap, topics.events, 24_000, 50, rate=2000)
     out_a, out_b = tmp_path / "a.tsv", tmp_path / "b.tsv"
     a = _start(kafka_bootstrap, topics, "proc-rebalance", out_a, "--delay", "0.002")
     _wait_ready(a)
