@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 from confluent_kafka import Consumer, Message
 from confluent_kafka.admin import AdminClient
@@ -117,3 +120,28 @@ def read_messages(bootstrap: str, topic: str, want: int, timeout: float = 20.0) 
     finally:
         consumer.close()
     return found
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spawn_connector(
+    method: str, env: dict[str, str], destinations: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """``siem-export run METHOD --destinations FILE`` as its own process, output to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "connectors",
+                "run",
+                method,
+                "--destinations",
+                str(destinations),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )

@@ -62,20 +62,20 @@ MAX_INTERVAL_SECONDS = 86400.0
 _SCHEMES: dict[str, Provider] = {"s3": "s3", "azure": "azure", "gs": "gcs"}
 _URL_SCHEME = {provider: scheme for scheme, provider in _SCHEMES.items()}
 # Options that only one provider understands; naming them for another is a mistake.
-_PROVIDER_OPTIONS: dict[str, Provider] = {
-    "endpoint_url": "s3",
-    "region": "s3",
-    "path_style": "s3",
-    "kms_key_id": "s3",
-    "role_arn": "s3",
-    "external_id": "s3",
-    "connection_string": "azure",
-    "sas_token": "azure",
-    "account_key": "azure",
-    "account_url": "azure",
-    "encryption_scope": "azure",
-    "kms_key_name": "gcs",
-    "credentials_file": "gcs",
+_PROVIDER_OPTIONS: dict[str, tuple[Provider, ...]] = {
+    "endpoint_url": ("s3", "gcs"),
+    "region": ("s3",),
+    "path_style": ("s3",),
+    "kms_key_id": ("s3",),
+    "role_arn": ("s3",),
+    "external_id": ("s3",),
+    "connection_string": ("azure",),
+    "sas_token": ("azure",),
+    "account_key": ("azure",),
+    "account_url": ("azure",),
+    "encryption_scope": ("azure",),
+    "kms_key_name": ("gcs",),
+    "credentials_file": ("gcs",),
 }
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -241,7 +241,9 @@ class StorageDestination(BaseModel):
     )
     # S3
     endpoint_url: str | None = Field(
-        default=None, description="S3-compatible service instead of AWS (http(s)://host[:port])."
+        default=None,
+        description="S3: an S3-compatible service instead of AWS; GCS: another JSON API root "
+        "(an emulator). http(s)://host[:port].",
     )
     region: str | None = Field(default=None, description="S3 region (default: the AWS chain's).")
     path_style: bool = Field(
@@ -374,9 +376,9 @@ class StorageDestination(BaseModel):
         provider, fields = self.provider, type(self).model_fields
         # A value equal to the default counts as absent, so that a model_dump() validates again.
         foreign = [
-            f"{key} applies to {owner} only"
-            for key, owner in _PROVIDER_OPTIONS.items()
-            if owner != provider and getattr(self, key) != fields[key].default
+            f"{key} applies to {' and '.join(owners)} only"
+            for key, owners in _PROVIDER_OPTIONS.items()
+            if provider not in owners and getattr(self, key) != fields[key].default
         ]
         if foreign:
             raise ValueError("; ".join(foreign))

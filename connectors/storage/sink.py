@@ -57,6 +57,7 @@ from connectors.storage.naming import object_key
 from connectors.storage.writer import ObjectWriter, StorageError
 from streams.engine.sink import Envelope, SendResult
 from streams.errors import SinkError
+from streams.event import parse_timestamp
 
 _log = logging.getLogger(__name__)
 
@@ -92,6 +93,21 @@ def make_writer(dest: StorageDestination, settings: StorageSettings) -> ObjectWr
             target,
             multipart_threshold=settings.multipart_threshold_bytes,
             part_size=settings.part_size_bytes,
+            timeout=settings.upload_timeout_seconds,
+        )
+    if dest.provider == "gcs":
+        from connectors.storage.gcs import GcsTarget, GcsWriter
+
+        chunk = settings.part_size_bytes - settings.part_size_bytes % (256 * 1024)  # GCS's unit
+        return GcsWriter(
+            GcsTarget(
+                bucket=dest.bucket,
+                kms_key_name=dest.kms_key_name,
+                credentials_file=dest.credentials_file,
+                api_root=dest.endpoint_url,
+            ),
+            chunk_size=chunk,
+            resumable_threshold=settings.multipart_threshold_bytes,
             timeout=settings.upload_timeout_seconds,
         )
     raise StorageError(
@@ -237,7 +253,10 @@ class StorageSink:
         taken = 0
         try:
             for env in batch:
-                builder.add(env.json, env.offset, env.timestamp_ms)
+                # The key's date and hour are the first event's own time (not the record's):
+                # a replayed backlog lands in the partitions of when things happened.
+                when = parse_timestamp(env.event["timestamp"]) if not builder.count else 0
+                builder.add(env.json, env.offset, when)
                 taken += 1
                 if builder.count >= dest.max_events or builder.uncompressed_bytes >= dest.max_bytes:
                     break

@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -35,7 +34,7 @@ from streams.alerts import AlertPublisher
 from streams.config import KafkaConfig, TopicsConfig
 from streams.engine import Engine, EngineConfig
 from streams.tail import read_records
-from tests.engine_support import fresh_topics, publish
+from tests.engine_support import fresh_topics, publish, spawn_connector
 from tests.webhook_receiver import Faults, Receiver, localhost_tls
 
 pytestmark = pytest.mark.integration
@@ -175,25 +174,6 @@ async def test_faults_retry_in_order_and_a_gone_endpoint_is_disabled_with_an_ale
     ) >= len(healthy)
 
 
-def _spawn(env: dict[str, str], dest_file: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "connectors",
-                "run",
-                "webhook",
-                "--destinations",
-                str(dest_file),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 async def test_end_to_end_generator_kafka_connector_receiver_survives_kill_9(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -236,7 +216,7 @@ async def test_end_to_end_generator_kafka_connector_receiver_survives_kill_9(
         env=env,
     )
     log = tmp_path / "connector.log"
-    proc = _spawn(env, dest_file, log)
+    proc = spawn_connector("webhook", env, dest_file, log)
     kills = 0
     try:
         # Kill -9 twice while the stream is still arriving, restart each time.
@@ -245,7 +225,7 @@ async def test_end_to_end_generator_kafka_connector_receiver_survives_kill_9(
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             kills += 1
-            proc = _spawn(env, dest_file, log)
+            proc = spawn_connector("webhook", env, dest_file, log)
         assert await asyncio.wait_for(generate.wait(), 120) == 0
         await _until(lambda: len(receiver.distinct()) >= total, 120, "every event received")
         proc.send_signal(signal.SIGTERM)

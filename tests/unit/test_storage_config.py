@@ -153,7 +153,7 @@ def test_bad_urls(url: str, message: str) -> None:
     ("url", "key", "value", "owner"),
     [
         ("azure://logs", "kms_key_id", "alias/k", "s3"),
-        ("gs://audit-logs", "endpoint_url", "https://s3.example.com", "s3"),
+        ("azure://logs", "endpoint_url", "https://s3.example.com", "s3 and gcs"),
         ("gs://audit-logs", "path_style", True, "s3"),
         ("gs://audit-logs", "role_arn", "arn:aws:iam::123456789012:role/w", "s3"),
         ("s3://audit-logs", "connection_string", CONNECTION, "azure"),
