@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import SecretStr
 
 from connectors.destinations import Destinations
 from connectors.health import DestinationHealth
@@ -93,6 +94,25 @@ def make_writer(dest: StorageDestination, settings: StorageSettings) -> ObjectWr
             target,
             multipart_threshold=settings.multipart_threshold_bytes,
             part_size=settings.part_size_bytes,
+            timeout=settings.upload_timeout_seconds,
+        )
+    if dest.provider == "azure":
+        from connectors.storage.azure import AzureBlobWriter, AzureTarget
+
+        def secret(value: SecretStr | None) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        return AzureBlobWriter(
+            AzureTarget(
+                container=dest.bucket,
+                account_url=dest.account_url,
+                connection_string=secret(dest.connection_string),
+                sas_token=secret(dest.sas_token),
+                account_key=secret(dest.account_key),
+                encryption_scope=dest.encryption_scope,
+            ),
+            block_size=settings.part_size_bytes,
+            single_put_threshold=settings.multipart_threshold_bytes,
             timeout=settings.upload_timeout_seconds,
         )
     if dest.provider == "gcs":

@@ -33,6 +33,10 @@ from connectors.storage.sink import StorageSink
 from streams.config import KafkaConfig
 from streams.engine import Engine, EngineConfig
 from streams.tail import read_records
+from tests.azurite_support import (
+    Azurite,
+    azurite_fixture,  # noqa: F401 - the fixture "azurite"
+)
 from tests.engine_support import ROOT, fresh_topics, publish, spawn_connector
 from tests.gcs_support import (
     GcsEmulator,
@@ -134,10 +138,20 @@ def _gcs_objects(emulator: GcsEmulator, bucket: str) -> dict[str, tuple[bytes, d
     return found
 
 
+def _azure_objects(azurite: Azurite, container: str) -> dict[str, tuple[bytes, dict[str, str]]]:
+    found: dict[str, tuple[bytes, dict[str, str]]] = {}
+    with azurite.service() as service:
+        client = service.get_container_client(container)
+        for blob in client.list_blobs(include=["metadata"]):
+            found[blob.name] = (client.download_blob(blob.name).readall(), dict(blob.metadata))
+    return found
+
+
 async def test_every_event_lands_in_exactly_one_sound_object(
     kafka_bootstrap: str,
     seaweedfs: SeaweedFS,
     gcs_emulator: GcsEmulator,
+    azurite: Azurite,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -151,6 +165,12 @@ async def test_every_event_lands_in_exactly_one_sound_object(
     plain_json = {**base, "url": f"s3://{bucket}/plain", "format": "json", "compression": "none"}
     gcs_bucket = gcs_emulator.create_bucket("e2e")
     on_gcs = {**base, "url": f"gs://{gcs_bucket}/gcs", "endpoint_url": gcs_emulator.endpoint}
+    container = azurite.create_container("e2e")
+    on_azure = {
+        **{k: v for k, v in base.items() if k != "endpoint_url"},
+        "url": f"azure://{container}/az",
+        "connection_string": azurite.connection_string(),
+    }
     path = tmp_path / "d.json"
     path.write_text(
         json.dumps(
@@ -159,6 +179,7 @@ async def test_every_event_lands_in_exactly_one_sound_object(
                     "*": {"storage": {**base, "url": f"s3://{bucket}/audit"}},
                     tenants[0]: {"storage": plain_json},
                     tenants[1]: {"storage": on_gcs},
+                    tenants[2]: {"storage": on_azure},
                 }
             }
         )
@@ -194,6 +215,11 @@ async def test_every_event_lands_in_exactly_one_sound_object(
         e["tenant_id"] for k, (b, _) in in_gcs.items() for e in _events_of(k, b)
     } == {tenants[1]}
     stored.update(_check_objects(in_gcs, order, "gcs"))
+    in_azure = await asyncio.to_thread(_azure_objects, azurite, container)
+    assert in_azure and {
+        e["tenant_id"] for k, (b, _) in in_azure.items() for e in _events_of(k, b)
+    } == {tenants[2]}
+    stored.update(_check_objects(in_azure, order, "az"))
     assert set(stored) == {e["event_id"] for e in events}
     assert set(stored.values()) == {1}, "no event is stored twice without a crash"
     assert plain and all(k.endswith(".json") for k in plain)
