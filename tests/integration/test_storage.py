@@ -180,13 +180,20 @@ async def test_every_event_lands_in_exactly_one_sound_object(
                     tenants[0]: {"storage": plain_json},
                     tenants[1]: {"storage": on_gcs},
                     tenants[2]: {"storage": on_azure},
+                    tenants[3]: {"storage": {**base, "url": "s3://no-such-bucket/x"}},
                 }
             }
         )
     )
     registry = CollectorRegistry()
     settings = StorageSettings(allow_http=True)
-    health = DestinationHealth("storage", settings.health, lambda _t, _b: None, registry=registry)
+    alerts: list[tuple[str, dict[str, Any]]] = []
+    health = DestinationHealth(
+        "storage",
+        settings.health,
+        lambda tenant, body: alerts.append((tenant, json.loads(body))),
+        registry=registry,
+    )
     sink = StorageSink(settings, load_destinations(path), health, registry=registry)
     kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap)
     engine = Engine(
@@ -199,7 +206,10 @@ async def test_every_event_lands_in_exactly_one_sound_object(
     run = asyncio.create_task(engine.run())
     delivered = ("siem_export_delivered_total", {"connector": "storage"})
     try:
-        await _until(lambda: (registry.get_sample_value(*delivered) or 0) >= 3000, 90, "all")
+        # Everything but the tenant whose bucket does not exist: its events stay in Kafka.
+        missing = sum(1 for e in events if e["tenant_id"] == tenants[3])
+        want = len(events) - missing
+        await _until(lambda: (registry.get_sample_value(*delivered) or 0) >= want, 90, "all")
     finally:
         engine.request_stop()
         await run
@@ -220,8 +230,15 @@ async def test_every_event_lands_in_exactly_one_sound_object(
         e["tenant_id"] for k, (b, _) in in_azure.items() for e in _events_of(k, b)
     } == {tenants[2]}
     stored.update(_check_objects(in_azure, order, "az"))
-    assert set(stored) == {e["event_id"] for e in events}
+    assert set(stored) == {e["event_id"] for e in events if e["tenant_id"] != tenants[3]}
     assert set(stored.values()) == {1}, "no event is stored twice without a crash"
+    assert (registry.get_sample_value(*delivered) or 0) == want  # none of the missing bucket's
+    # A missing bucket is a misconfiguration: one "failing" alert at once, nothing else.
+    failing = [a for t, a in alerts if t == tenants[3]]
+    assert [a["state"] for a in failing] == ["failing"], alerts
+    assert failing[0]["method"] == "storage" and "NoSuchBucket" in failing[0]["reason"]
+    assert failing[0]["endpoint"] == f"s3://no-such-bucket/x via {seaweedfs.endpoint_url}"
+    assert {t for t, _ in alerts} == {tenants[3]}
     assert plain and all(k.endswith(".json") for k in plain)
     assert all(k.endswith(".jsonl.gz") for k in audit)
     assert all(v[0].startswith(b"\x1f\x8b") for v in audit.values())  # really gzip
