@@ -59,8 +59,9 @@ class FileSink:
             await asyncio.sleep(self.delay)
         if tenant_id in self._failing:
             raise SinkError(f"{tenant_id} is failing on command")
+        now = time.time_ns()  # lets a test merge several processes' files in delivery order
         lines = "".join(
-            f"{tenant_id}\t{e.partition}\t{e.offset}\t{e.event['event_id']}\n" for e in batch
+            f"{tenant_id}\t{e.partition}\t{e.offset}\t{e.event['event_id']}\t{now}\n" for e in batch
         )
         self._out.write(lines)
         self._out.flush()

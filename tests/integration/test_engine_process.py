@@ -93,15 +93,18 @@ def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float
 
 
 def _deliveries(*files: Path) -> list[tuple[str, int, int, str]]:
-    rows = []
+    """(tenant, partition, offset, event id) of every delivery in these files, in the order
+    they happened (the worker stamps each batch with the time it wrote it)."""
+    timed = []
     for f in files:
         if not f.exists():
             continue
         for line in f.read_text(encoding="utf-8").splitlines():
             parts = line.split("\t")
-            if len(parts) == 4:  # a kill -9 may cut the last line short
-                rows.append((parts[0], int(parts[1]), int(parts[2]), parts[3]))
-    return rows
+            if len(parts) == 5 and parts[4].isdigit():  # a kill -9 may cut the last line short
+                timed.append((int(parts[4]), (parts[0], int(parts[1]), int(parts[2]), parts[3])))
+    timed.sort(key=lambda t: t[0])  # stable: a file's own order is kept within a batch
+    return [row for _, row in timed]
 
 
 class Stream(threading.Thread):
@@ -204,7 +207,7 @@ def test_a_second_process_joins_and_leaves_mid_stream(kafka_bootstrap: str, tmp_
     rows_a, rows_b = _deliveries(out_a), _deliveries(out_b)
     assert rows_b, "the second process received partitions"
     assert {r[3] for r in rows_a + rows_b} == ids
-    _first_deliveries_in_order(rows_a + rows_b)
+    _first_deliveries_in_order(_deliveries(out_a, out_b))  # both processes, in time order
 
 
 def _free_port() -> int:
