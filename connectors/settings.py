@@ -26,7 +26,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from connectors.api.config import ApiSettings
 from connectors.errors import SettingsError
+from connectors.index.config import StoreSettings
 from connectors.ops import OpsConfig
 from connectors.storage.config import StorageSettings
 from connectors.syslog.config import SyslogSettings
@@ -59,6 +61,8 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     syslog: SyslogSettings = Field(default_factory=SyslogSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     destinations_file: Path | None = Field(
         default=None, description="YAML file of per-tenant destinations."
     )

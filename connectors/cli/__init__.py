@@ -11,11 +11,13 @@ from pathlib import Path
 
 import click
 
+from connectors.cli.accounts import accounts
 from connectors.cli.context import CliContext
 from connectors.cli.demo import demo
 from connectors.cli.generate import generate
 from connectors.cli.kafka import kafka
 from connectors.cli.run import run
+from connectors.cli.serve import serve
 from connectors.cli.topics import topics
 
 
@@ -33,7 +35,7 @@ def cli(ctx: click.Context, settings_file: Path | None) -> None:
     ctx.obj = CliContext(settings_file)
 
 
-for command in (kafka, topics, generate, run, demo):
+for command in (kafka, topics, generate, run, serve, accounts, demo):
     cli.add_command(command)
 
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, Protocol
 
 import click
 
-from connectors.cli.context import EXIT_USAGE, fail, settings_of
+from connectors.cli.context import EXIT_FAILURE, EXIT_USAGE, fail, settings_of
 from connectors.destinations import Destinations, DestinationsWatcher, load_destinations
 from connectors.errors import SettingsError
 from connectors.health import DestinationHealth, HealthThresholds
+from connectors.index.errors import StoreError
+from connectors.index.sink import IndexSink
+from connectors.index.store import open_store
 from connectors.runtime import run_connector
 from connectors.settings import Settings
 from connectors.storage.sink import METHOD as STORAGE
@@ -35,6 +40,10 @@ from streams.engine.sink import Sink
 class _ReloadableSink(Sink, Protocol):
     def update_destinations(self, old: Destinations, new: Destinations) -> None: ...
 
+
+_log = logging.getLogger(__name__)
+_STORE_WAIT_SECONDS = 60.0
+"""How long ``run index`` waits for an unreachable audit store at start-up before exiting 1."""
 
 _DESTINATIONS_OPTION = click.option(
     "--destinations",
@@ -90,6 +99,40 @@ def storage(ctx: click.Context, destinations_file: Path | None) -> None:
         lambda s: s.storage,
         lambda s, d, h: StorageSink(s.storage, d, h),
     )
+
+
+@run.command("index")
+@click.pass_context
+def index(ctx: click.Context) -> None:
+    """Index every tenant's events into the audit store the REST API serves (SQLite/PostgreSQL)."""
+    settings = settings_of(ctx)
+    raise SystemExit(asyncio.run(_run_index(settings)))
+
+
+async def _run_index(settings: Settings) -> int:
+    cfg = settings.store
+    store = open_store(cfg.url.get_secret_value(), pool_size=cfg.pool_size)
+    deadline = time.monotonic() + _STORE_WAIT_SECONDS
+    while True:
+        try:
+            version = await store.migrate()
+            break
+        except StoreError as exc:
+            if not exc.retriable or time.monotonic() > deadline:
+                await store.close()
+                click.echo(f"siem-export: audit store: {exc}", err=True)
+                return EXIT_FAILURE
+            _log.warning("Audit store not reachable yet; retrying.", extra={"error": str(exc)})
+            await asyncio.sleep(2.0)
+    _log.info("Audit store ready.", extra={"schema_version": version})
+    sink = IndexSink(store, cfg)
+    retention = asyncio.create_task(sink.run_retention(), name="index-retention")
+    try:
+        return await run_connector(settings, sink)
+    finally:
+        retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention
 
 
 class _MethodSettings(Protocol):
