@@ -70,6 +70,8 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # deflate in a gzip wrapper
+_LAZY_GZIP_BYTES = 32 * 1024
+"""Uncompressed bytes a gzip file holds before it starts its compressor (see FileBuilder)."""
 
 
 class FileBuilder:
@@ -92,11 +94,12 @@ class FileBuilder:
         self._threshold = spill_threshold_bytes
         self._spill_dir = spill_dir
         self._clock = clock
-        self._compressor = (
-            zlib.compressobj(compression_level, zlib.DEFLATED, _GZIP_WBITS)
-            if compression == "gzip"
-            else None
-        )
+        self._level = compression_level
+        # zlib's compressor state costs ~150 KiB: a small file (most of them, with thousands of
+        # tenants) keeps its first _LAZY_GZIP_BYTES uncompressed instead and is compressed in
+        # one go when it finishes; deflate gives the same bytes however the input is fed.
+        self._compressor: zlib._Compress | None = None
+        self._raw = bytearray()
         self._memory = bytearray()
         self._file: IO[bytes] | None = None
         self._hash = hashlib.sha256()
@@ -163,8 +166,9 @@ class FileBuilder:
 
     @property
     def memory_bytes(self) -> int:
-        """Stored bytes held in memory: 0 once the file has spilled."""
-        return len(self._memory)
+        """Content held in memory: stored bytes until the file spills, plus the start of a
+        gzip file not yet compressed (at most _LAZY_GZIP_BYTES)."""
+        return len(self._memory) + len(self._raw)
 
     @property
     def spilled(self) -> bool:
@@ -223,7 +227,10 @@ class FileBuilder:
         try:
             if self.file_format == "json":
                 self._write(b"]")
-            if self._compressor is not None:
+            if self.compression == "gzip":
+                if self._compressor is None:
+                    self._put(self._start_compressor_and_compress())
+                assert self._compressor is not None  # noqa: S101 - set just above
                 self._put(self._compressor.flush())
                 self._compressor = None
             if self._file is not None:
@@ -253,7 +260,7 @@ class FileBuilder:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._memory = bytearray()
+        self._memory, self._raw = bytearray(), bytearray()
         self._compressor = None
 
     def _check_open(self) -> None:
@@ -263,10 +270,29 @@ class FileBuilder:
     def _write(self, data: bytes) -> None:
         self._uncompressed += len(data)
         try:
-            self._put(self._compressor.compress(data) if self._compressor else data)
+            if self.compression != "gzip":
+                self._put(data)
+                return
+            if self._compressor is None:
+                self._raw += data
+                if len(self._raw) < min(_LAZY_GZIP_BYTES, self._threshold):
+                    return  # (a threshold of 0 keeps nothing in memory, raw or not)
+                data = self._start_compressor()
+            self._put(self._compressor.compress(data))  # type: ignore[union-attr]
         except BaseException:
             self._state = "broken"
             raise
+
+    def _start_compressor_and_compress(self) -> bytes:
+        raw = self._start_compressor()
+        assert self._compressor is not None  # noqa: S101 - set by _start_compressor
+        return self._compressor.compress(raw)
+
+    def _start_compressor(self) -> bytes:
+        """Create the compressor; returns the raw bytes held so far (to compress first)."""
+        self._compressor = zlib.compressobj(self._level, zlib.DEFLATED, _GZIP_WBITS)
+        raw, self._raw = bytes(self._raw), bytearray()
+        return raw
 
     def _put(self, stored: bytes) -> None:
         if not stored:

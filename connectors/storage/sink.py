@@ -32,7 +32,8 @@ the earlier object. A duplicate object remains possible only when (a) a crash or
 happened after an upload and before the commit that followed it, and (b) the rebuilt file
 ends at a different event than the first (interval-closed files; ``max_events``/``max_bytes``
 close at the same event again): the later objects of the first run then overlap the rebuilt
-one. The engine commits every ``commit_interval_seconds`` (5 s), so the window is that long.
+one. The engine commits every ``commit_interval_seconds`` (2 s by default): the window is that
+long.
 
 Memory: an open file keeps at most ``spill_threshold_bytes`` in memory and spills the rest to
 an anonymous temporary file; the engine keeps only a timestamp per event in custody.

@@ -323,3 +323,41 @@ def test_for_destination() -> None:
     assert builder.spilled
     with builder.finish() as finished:
         assert content_of(finished) == b"[{}]"
+
+
+@pytest.mark.parametrize("count", [3, 40, 400])
+def test_a_small_gzip_file_starts_compressing_late_and_gives_the_same_bytes(
+    count: int, spill_dir: Path
+) -> None:
+    """Small files keep their start uncompressed (no ~150 KiB zlib state per open file);
+    the object is byte for byte what compressing from the first event gives."""
+    items = events(count)
+    eager = FileBuilder(spill_threshold_bytes=0, spill_dir=spill_dir)  # compresses at once
+    lazy = FileBuilder()
+    fill(eager, items)
+    fill(lazy, items)
+    if lazy.uncompressed_bytes < 32 * 1024:
+        assert lazy.stored_bytes == 0 and lazy.memory_bytes == lazy.uncompressed_bytes
+    with eager.finish() as a, lazy.finish() as b:
+        assert (a.sha256, a.size) == (b.sha256, b.size)
+        content = b.read_part(0, b.size)
+        assert [json.loads(line) for line in gzip.decompress(content).splitlines()] == [
+            json.loads(to_json_bytes(e)) for e in items
+        ]
+
+
+def test_thousands_of_open_small_files_hold_about_their_content(spill_dir: Path) -> None:
+    items = events(20)
+    content = sum(len(to_json_bytes(e)) + 1 for e in items)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        builders = [FileBuilder(spill_dir=spill_dir) for _ in range(300)]
+        for builder in builders:
+            fill(builder, items)
+        per_file = (tracemalloc.get_traced_memory()[0] - before) / len(builders)
+    finally:
+        tracemalloc.stop()
+    assert per_file < 3 * content + 4096, f"{per_file:.0f} bytes per open file"
+    for builder in builders:
+        builder.discard()
