@@ -1,12 +1,14 @@
 """Shared by the benchmark scripts: a broker to run against, a topic filled with events, and the
 raw consume ceiling every benchmark reports its figures against (measured in the same run);
-for the connector benchmarks (webhook.py, syslog.py) also the connector as a child process
-(launch, /readyz, /metrics, SIGTERM), CPU accounting, TLS material and the delivery check."""
+for the connector benchmarks (webhook.py, syslog.py, storage.py) also the connector as a child
+process (launch, /readyz, /metrics, SIGTERM), CPU and memory accounting, TLS material and the
+delivery check."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -16,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -87,7 +90,13 @@ def create_topic(kafka: KafkaConfig, partitions: int) -> str:
 
 def publish(kafka: KafkaConfig, topic: str, count: int, tenants: int, seed: int = 1) -> Rate:
     """Validate, encode and produce ``count`` synthetic events through the real publisher."""
-    events = list(EventFactory(tenants, seed=seed).events(count))
+    return publish_events(kafka, topic, list(EventFactory(tenants, seed=seed).events(count)))
+
+
+def publish_events(kafka: KafkaConfig, topic: str, events: Sequence[Mapping[str, Any]]) -> Rate:
+    """Validate, encode and produce ``events`` through the real publisher (for a script that
+    needs the events too: generating 100,000 synthetic events takes several seconds)."""
+    count = len(events)
     began = time.perf_counter()
     with Publisher(kafka, topic, overrides={"linger.ms": 20, "batch.size": 1_000_000}) as pub:
         for event in events:
@@ -126,6 +135,55 @@ def rss_mib() -> float:
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+def proc_status_kib(pid: int | str, field_name: str) -> int | None:
+    """A ``VmRSS``/``VmHWM`` line of /proc/<pid>/status, in KiB (None once the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return None
+    return None
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's VmRSS every ``interval`` seconds: peak and last sample, and the
+    kernel's own high-water mark (VmHWM) as last seen."""
+
+    def __init__(self, pid: int | str, interval: float) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.peak_kib = 0
+        self.last_kib = 0
+        self.hwm_kib = 0
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            kib = proc_status_kib(self.pid, "VmRSS")
+            if kib is None:
+                return
+            self.samples += 1
+            self.last_kib = kib
+            self.peak_kib = max(self.peak_kib, kib)
+            self.hwm_kib = max(self.hwm_kib, proc_status_kib(self.pid, "VmHWM") or 0)
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def die_with_parent() -> None:  # runs in the child before exec
+    """``preexec_fn`` of a server child: the kernel SIGTERMs it if this script dies without
+    stopping it (PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def warm_group_coordinator(kafka: KafkaConfig, topic: str) -> None:
@@ -250,6 +308,25 @@ def add_connector_env(parser: argparse.ArgumentParser, example: str) -> None:
         type=env_setting,
         metavar="SIEM_EXPORT_X=VALUE",
         help=f"extra setting for the connector process (repeatable), e.g. {example}",
+    )
+
+
+def add_phases(parser: argparse.ArgumentParser, known: Sequence[str]) -> None:
+    """``--phases a,b``: a subset of ``known`` (default all), run in the order of ``known``."""
+
+    def phases(text: str) -> list[str]:
+        wanted = set(text.split(","))
+        if unknown := wanted - set(known):
+            raise argparse.ArgumentTypeError(
+                f"unknown phases {sorted(unknown)}; known: {', '.join(known)}"
+            )
+        return [p for p in known if p in wanted]
+
+    parser.add_argument(
+        "--phases",
+        type=phases,
+        default=list(known),
+        help=f"comma-separated subset of {','.join(known)} (default: all)",
     )
 
 
@@ -383,11 +460,16 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
     """SIGTERM a child process and wait for it (it drains first); SIGKILL after ``timeout``."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        wait_or_kill(proc, timeout)
+
+
+def wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait for a child process to exit; SIGKILL it after ``timeout``."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class ConnectorProcess:
@@ -425,6 +507,7 @@ class ConnectorProcess:
         self.launched = 0.0
         self.exit_code: int | None = None
         self.stop_seconds = 0.0
+        self.stop_requested_at: float | None = None  # perf_counter() of request_stop()
 
     @property
     def pid(self) -> int:
@@ -471,14 +554,31 @@ class ConnectorProcess:
         self.stop(timeout=5 if exc_type is not None else 60)
 
     def stop(self, timeout: float = 60) -> None:
-        """SIGTERM (drain and commit), SIGKILL after ``timeout``."""
+        """SIGTERM (drain and commit), SIGKILL after ``timeout``; after ``request_stop`` only
+        the wait (a second SIGTERM would stop the connector at once, without draining)."""
         proc = self._process
         if proc is None or self.exit_code is not None:
             return
-        began = time.perf_counter()
-        terminate(proc, timeout)
+        if self.stop_requested_at is None:
+            began = time.perf_counter()
+            terminate(proc, timeout)
+        else:
+            began = self.stop_requested_at
+            wait_or_kill(proc, timeout)
         self.stop_seconds = time.perf_counter() - began
         self.exit_code = proc.returncode
+
+    def request_stop(self) -> None:
+        """SIGTERM without waiting: the connector drains (its sink flushes what it holds) while
+        the caller watches /metrics; ``stop`` then waits for the exit. Sent once."""
+        proc = self._process
+        if proc is not None and proc.poll() is None and self.stop_requested_at is None:
+            self.stop_requested_at = time.perf_counter()
+            proc.send_signal(signal.SIGTERM)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
     def check_alive(self) -> None:
         if self._process is not None and self._process.poll() is not None:
@@ -541,16 +641,22 @@ class ConnectorProcess:
         return out
 
 
+def summed(metrics: dict[str, float], name: str) -> float:
+    """A series of ``ConnectorProcess.metrics()`` summed over its labels."""
+    return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
+
+
 def describe_metrics(metrics: dict[str, float], means: Mapping[str, str]) -> list[str]:
-    """Counters as ``name value``; for each histogram of ``means`` its mean in ms."""
+    """Counters as ``name value``; for each histogram of ``means`` its mean in ms (over all
+    its labels)."""
     out = []
     for name, value in sorted(metrics.items()):
         if not name.startswith(tuple(means)):
             out.append(f"{name.removeprefix('siem_export_')} {value:g}")
     for name, what in means.items():
-        count = metrics.get(f"{name}_count", 0)
+        count = summed(metrics, f"{name}_count")
         if count:
-            out.append(f"{what} {metrics.get(f'{name}_sum', 0) / count * 1000:.1f} ms")
+            out.append(f"{what} {summed(metrics, f'{name}_sum') / count * 1000:.1f} ms")
     return out
 
 

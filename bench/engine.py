@@ -37,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -72,45 +71,6 @@ BASE_EVENTS = 5000  # distinct synthetic events the backlog is copied from (fres
 
 
 # --- measuring -----------------------------------------------------------------------------------
-
-
-def proc_status_kib(pid: int | str, field_name: str) -> int | None:
-    """A ``VmRSS``/``VmHWM`` line of /proc/<pid>/status, in KiB (None once the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, ValueError):
-        return None
-    return None
-
-
-class RssSampler(threading.Thread):
-    """Samples a process's VmRSS every ``interval`` seconds: peak and last sample."""
-
-    def __init__(self, pid: int | str, interval: float) -> None:
-        super().__init__(name="rss-sampler", daemon=True)
-        self.pid = pid
-        self.interval = interval
-        self.peak_kib = 0
-        self.last_kib = 0
-        self.samples = 0
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            kib = proc_status_kib(self.pid, "VmRSS")
-            if kib is None:
-                return
-            self.samples += 1
-            self.last_kib = kib
-            self.peak_kib = max(self.peak_kib, kib)
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
 
 
 class CountingHandler(logging.Handler):
@@ -282,8 +242,8 @@ async def drive_engine(
     waiter = asyncio.create_task(sink.done.wait(), name="done")
     await asyncio.wait({runner, waiter}, timeout=time_left, return_when=asyncio.FIRST_COMPLETED)
     cpu = time.process_time() - cpu0
-    rss = proc_status_kib("self", "VmRSS") or 0
-    hwm = proc_status_kib("self", "VmHWM") or 0
+    rss = _common.proc_status_kib("self", "VmRSS") or 0
+    hwm = _common.proc_status_kib("self", "VmHWM") or 0
     watcher.cancel()
     waiter.cancel()
     if runner.done():
@@ -411,8 +371,8 @@ def run_throughput(
     """One engine pass over the topic in a fresh group; (run, peak RSS delta MiB, profile)."""
     logs = count_logs()
     gc.collect()
-    baseline = proc_status_kib("self", "VmRSS") or 0
-    sampler = RssSampler("self", 0.1)
+    baseline = _common.proc_status_kib("self", "VmRSS") or 0
+    sampler = _common.RssSampler("self", 0.1)
     sampler.start()
     sink = BenchSink(count)
     engine = TimedEngine(
@@ -447,7 +407,7 @@ def run_throughput(
 def rss_child(spec: dict[str, Any]) -> None:
     """Child mode: run the engine with default caps until every healthy event is acknowledged."""
     logs = count_logs()
-    baseline = proc_status_kib("self", "VmRSS") or 0
+    baseline = _common.proc_status_kib("self", "VmRSS") or 0
     kafka = KafkaConfig(bootstrap_servers=spec["bootstrap"])
     topics = TopicsConfig(events=spec["topic"], dlq=spec["dlq"])
     sink = BenchSink(spec["healthy"], dead_tenant=spec["dead"], dedup=True)
@@ -491,7 +451,7 @@ def run_rss_child(
             stderr=err,
             env=os.environ | {"PYTHONUNBUFFERED": "1"},
         )
-        sampler = RssSampler(child.pid, 0.5)
+        sampler = _common.RssSampler(child.pid, 0.5)
         sampler.start()
         deadline = time.monotonic() + time_left
         try:

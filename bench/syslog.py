@@ -54,11 +54,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -142,12 +140,6 @@ def find_rsyslogd() -> str:
     return found
 
 
-def _die_with_parent() -> None:  # runs in the child before exec
-    """Have the kernel SIGTERM rsyslogd if this script dies without stopping it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def tcp_sockets(port: int, end: int, state: str) -> int:
     """Sockets in /proc/net/tcp whose local (``end`` 1) or remote (2) end is 127.0.0.1:``port``
     and whose state is ``state`` (0A listening, 01 established)."""
@@ -210,7 +202,7 @@ class Rsyslogd:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C is ours to handle: we stop it in stop()
-                preexec_fn=_die_with_parent,  # the only way to set PR_SET_PDEATHSIG
+                preexec_fn=_common.die_with_parent,  # the only way to set PR_SET_PDEATHSIG
             )
         deadline = time.monotonic() + timeout
         while port is not None and not tcp_sockets(port, 1, "0A"):
@@ -747,27 +739,12 @@ def rsyslog_version() -> str:
     return "rsyslogd (version unknown)"
 
 
-def phases_arg(text: str) -> list[str]:
-    """argparse type of --phases: known names, run in the order of PHASES."""
-    wanted = set(text.split(","))
-    if unknown := wanted - set(PHASES):
-        raise argparse.ArgumentTypeError(
-            f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}"
-        )
-    return [p for p in PHASES if p in wanted]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--partitions", type=int, default=12)
-    parser.add_argument(
-        "--phases",
-        type=phases_arg,
-        default=list(PHASES),
-        help=f"comma-separated subset of {','.join(PHASES)} (default: all)",
-    )
+    _common.add_phases(parser, list(PHASES))
     _common.add_connector_env(parser, f"{CONFIRM_SETTING}=0.5")
     parser.add_argument("--bootstrap", default=None, help="use this cluster instead of a new one")
     args = parser.parse_args()
