@@ -144,7 +144,9 @@ class Committing(EngineCore):
 
     def _offsets_of(self, part: PartitionLanes) -> TopicPartition:
         # Step 1 and Step 3: the commit point and the lagging tenants above it.
-        point, metadata = part.commit_offsets(self.cfg.metadata_limit_bytes)
+        # The broker refuses metadata of exactly offset.metadata.max.bytes (Kafka 4.3: 4,096
+        # bytes is OFFSET_METADATA_TOO_LARGE, 4,095 is fine): stay one byte below.
+        point, metadata = part.commit_offsets(self.cfg.metadata_limit_bytes - 1)
         if metadata:
             return TopicPartition(self.topic, part.partition, point, metadata)
         return TopicPartition(self.topic, part.partition, point)

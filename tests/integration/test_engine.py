@@ -273,3 +273,28 @@ async def test_a_sink_that_settles_part_of_a_batch_gets_the_rest_next_in_order(
     assert max(sink.batch_sizes) > 3
     committed = _committed(kafka_bootstrap, topics.events, "eng-partial", 2)
     assert sum(tp.offset for tp in committed) == len(events)
+
+
+def test_the_broker_refuses_metadata_of_exactly_the_limit_so_the_engine_stays_below(
+    kafka_bootstrap: str,
+) -> None:
+    """Why commits pass ``metadata_limit_bytes - 1`` (streams/engine/commits.py): with the
+    default offset.metadata.max.bytes of 4096, the broker takes 4,095 bytes and refuses 4,096."""
+    from confluent_kafka import KafkaException
+
+    from streams.engine.lanes import encode_metadata
+
+    topics = fresh_topics(kafka_bootstrap, partitions=1)
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "metadata-limit"})
+    try:
+        # What the engine writes for many lagging tenants, at its largest for the default.
+        lagging = {f"tnt_{n:08d}": 10 + n for n in range(400)}
+        text = encode_metadata(0, 1000, lagging, EngineConfig().metadata_limit_bytes - 1)
+        assert 4000 < len(text.encode()) <= 4095
+        consumer.commit(offsets=[TopicPartition(topics.events, 0, 0, text)], asynchronous=False)
+        with pytest.raises(KafkaException, match="OFFSET_METADATA_TOO_LARGE"):
+            consumer.commit(
+                offsets=[TopicPartition(topics.events, 0, 0, "x" * 4096)], asynchronous=False
+            )
+    finally:
+        consumer.close()
