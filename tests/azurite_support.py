@@ -26,10 +26,8 @@ If Azurite is missing the fixtures fail (never skip), naming the bootstrap step.
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -40,6 +38,9 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
+
+from tests.process_support import die_with_parent as _die_with_parent
+from tests.process_support import free_port
 
 HOST = "127.0.0.1"
 AZURITE_VERSION = "3.35.0"  # keep in step with scripts/bootstrap
@@ -75,23 +76,9 @@ def find_azurite() -> str:
     return found
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def unique_container(label: str = "c") -> str:
     """A fresh valid container name (lowercase letters, digits and single hyphens)."""
     return f"{label[:20].lower().replace('_', '-')}-{uuid.uuid4().hex[:16]}"
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Have the kernel SIGTERM Azurite if the thread that started it dies (a killed pytest)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Azurite:

@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -53,6 +51,9 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp import web
+
+from tests.process_support import die_with_parent as _die_with_parent
+from tests.process_support import free_port
 
 HOST = "127.0.0.1"
 EMULATOR_PIN = "gcp-storage-emulator==2026.7.19"
@@ -78,23 +79,9 @@ def find_emulator() -> str:
     return found
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def unique_bucket(label: str = "b") -> str:
     """A fresh valid bucket name (lowercase, 3-63 characters)."""
     return f"{label[:20].lower().replace('_', '-')}-{uuid.uuid4().hex[:16]}"
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Have the kernel SIGTERM the emulator if the thread that started it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class GcsEmulator:

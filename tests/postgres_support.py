@@ -32,13 +32,11 @@ package that ``scripts/bootstrap`` installs.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -49,6 +47,9 @@ from types import TracebackType
 import psycopg
 import pytest
 from psycopg import sql
+
+from tests.process_support import die_with_parent as _die_with_parent
+from tests.process_support import free_port
 
 HOST = "127.0.0.1"
 SUPERUSER = "siem"
@@ -79,23 +80,6 @@ def find_bindir() -> Path:
         f"store's tests need a real PostgreSQL. Install the Debian package {DEBIAN_PACKAGE} "
         f"(scripts/bootstrap does, as root: apt-get install -y {DEBIAN_PACKAGE})"
     )
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Have the kernel SIGTERM postgres if the thread that started it dies (a killed pytest).
-
-    Runs after the switch to the ``postgres`` user (a credential change clears the setting).
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class PostgresCluster:

@@ -55,7 +55,6 @@ missing the fixture fails (never skips), naming the Debian packages to install
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
@@ -69,6 +68,8 @@ from types import TracebackType
 
 import pytest
 import trustme
+
+from tests.process_support import die_with_parent as _die_with_parent
 
 HOST = "127.0.0.1"
 SERVER_NAMES = ("localhost", HOST)  # the names the server certificate holds
@@ -201,12 +202,6 @@ def _bound_inodes(table: str, port: int, state: str) -> set[str]:
             if fields[1] == local and fields[3] == state:
                 inodes.add(fields[9])
     return inodes
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Have the kernel SIGTERM rsyslogd if the thread that started it dies (a killed pytest)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Rsyslog:

@@ -30,7 +30,6 @@ If ``weed`` is missing the fixtures fail (never skip), saying how to install it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import shutil
 import signal
@@ -48,6 +47,8 @@ import pytest
 import requests
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
+
+from tests.process_support import die_with_parent as _die_with_parent
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
@@ -87,14 +88,6 @@ def find_weed() -> str:
     return found
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def unique_bucket(label: str = "b") -> str:
     """A fresh valid bucket name (lowercase, 3-63 characters)."""
     return f"{label[:20].lower().replace('_', '-')}-{uuid.uuid4().hex[:16]}"
@@ -109,12 +102,6 @@ def _free_ports(count: int) -> list[int]:
             sock.bind((HOST, 0))
             ports.append(sock.getsockname()[1])
         return ports
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Have the kernel SIGTERM weed if the thread that started it dies (a killed pytest)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _s3_client(endpoint_url: str, access_key: str, secret_key: str) -> Any:

@@ -145,14 +145,6 @@ class Receiver:
         return await self.answer(hit)
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def envelope(event: Mapping[str, Any], offset: int = 0) -> Envelope:
     """The engine's wrapping of one validated event (no Kafka involved)."""
     canonical = validate_event(event)

@@ -33,6 +33,7 @@ from connectors.syslog.encoder import encode
 from connectors.syslog.sink import SyslogSink
 from streams.engine.sink import Envelope, SendResult
 from streams.errors import SinkError
+from tests.process_support import free_port
 from tests.syslog_support import (
     Parsed,
     SyntaxProblem,
@@ -43,7 +44,6 @@ from tests.syslog_support import (
     split_octet_counted,
     synthetic_envelopes,
 )
-from tests.webhook_support import free_port
 
 pytestmark = pytest.mark.component
 

@@ -31,6 +31,7 @@ from connectors.webhook.sink import WebhookSink
 from connectors.webhook.transport import WebhookTransport
 from streams.engine.sink import Envelope, SendResult
 from streams.errors import SinkError
+from tests.process_support import free_port
 from tests.spec_example import SPEC_EXAMPLE
 from tests.webhook_support import (
     HOST,
@@ -40,7 +41,6 @@ from tests.webhook_support import (
     Rig,
     envelope,
     envelopes,
-    free_port,
     hook,
     replies,
     server_tls,

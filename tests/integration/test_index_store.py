@@ -24,10 +24,10 @@ from connectors.index.model import EventFilter, IndexedEvent, StoredEvent
 from connectors.index.postgres import PostgresStore
 from connectors.index.store import AuditStore, open_store
 from tests.postgres_support import (
-    free_port,
     postgres_cluster_fixture,  # noqa: F401 - the fixture "postgres_cluster"
     postgres_url_fixture,  # noqa: F401 - the fixture "postgres_url"
 )
+from tests.process_support import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -29,12 +29,12 @@ from moto.sts.models import sts_backends
 
 from connectors.storage.s3 import MIB, S3Target, S3Writer
 from connectors.storage.writer import StorageError
+from tests.process_support import free_port
 from tests.s3_support import (
     HOST,
     REGION,
     MotoServer,
     SeaweedFS,
-    free_port,
     moto_server_fixture,  # noqa: F401 - the fixture "moto_server"
     seaweedfs_fixture,  # noqa: F401 - the fixture "seaweedfs"
     seaweedfs_private_fixture,  # noqa: F401 - "seaweedfs_private"
