@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import re
@@ -58,6 +59,7 @@ class Rate:
 
     events: int
     seconds: float
+    cpu_seconds: float | None = None  # process CPU over the same span, where measured
 
     @property
     def per_second(self) -> float:
@@ -65,6 +67,33 @@ class Rate:
 
     def __str__(self) -> str:
         return f"{self.events} events in {self.seconds:.2f} s = {self.per_second:,.0f} events/s"
+
+
+class GcClock:
+    """Collections of Python's cyclic garbage collector in this process, and the time they took
+    (all threads; measured through ``gc.callbacks`` while the ``with`` block runs)."""
+
+    def __init__(self) -> None:
+        self.collections = 0
+        self.seconds = 0.0
+        self._began = 0.0
+
+    def _callback(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.collections += 1
+            self.seconds += time.perf_counter() - self._began
+
+    def __enter__(self) -> Self:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def __str__(self) -> str:
+        return f"garbage collector {self.collections} runs, {self.seconds:.2f} s"
 
 
 @contextlib.contextmanager
@@ -115,6 +144,7 @@ def ceiling(kafka: KafkaConfig, topic: str, count: int) -> Rate:
     consumer.assign([TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions])
     seen = 0
     began = time.perf_counter()
+    cpu = time.process_time()
     try:
         while seen < count:
             for msg in consumer.consume(1000, timeout=1.0):
@@ -123,9 +153,10 @@ def ceiling(kafka: KafkaConfig, topic: str, count: int) -> Rate:
                     seen += 1
             if time.perf_counter() - began > 600:
                 raise RuntimeError(f"ceiling read only {seen} of {count} events in 600 s")
+        seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
     finally:
         consumer.close()
-    return Rate(seen, time.perf_counter() - began)
+    return Rate(seen, seconds, cpu)
 
 
 def rss_mib() -> float:

@@ -511,6 +511,8 @@ def ratio(rate: _common.Rate, ceiling: _common.Rate) -> str:
 
 def describe_run(run: EngineRun, ceiling: _common.Rate, indent: str = "  ") -> list[str]:
     busy = run.consume_cpu / run.seconds_total if run.seconds_total else 0
+    cpu_us = run.process_cpu_seconds / max(run.acked, 1) * 1e6
+    ceiling_us = (ceiling.cpu_seconds or 0.0) / max(ceiling.events, 1) * 1e6
     return [
         f"{indent}engine, from run() to last ack:  {run.rate}  "
         f"= {ratio(run.rate, ceiling)} ceiling",
@@ -522,6 +524,9 @@ def describe_run(run: EngineRun, ceiling: _common.Rate, indent: str = "  ") -> l
         f"{run.consume_wall:.1f} s wall, {run.consume_calls} calls, "
         f"{run.consumed / max(run.consume_calls, 1):.0f} records/call; "
         f"loop in _dispatch: {run.dispatch_seconds:.1f} s",
+        f"{indent}process CPU per event: engine {cpu_us:.1f} us, ceiling {ceiling_us:.1f} us "
+        f"= {ceiling_us / max(cpu_us, 1e-9):.2f}x (steadier than the rates when other "
+        "processes compete for the cores)",
         f"{indent}records fetched {run.consumed} ({run.consumed - run.acked} more than acked), "
         f"skipped (already taken, or lane parked) {run.skipped}, seeks (re-reads) {run.seeks}",
         f"{indent}peak health().buffered_events {run.peak_buffered}, "
@@ -575,10 +580,13 @@ def _main(args: argparse.Namespace, time_left: Any, summary: list[str]) -> None:
         # alternate in each round, and the verdict is the median of the per-round ratios.
         ratios: list[float] = []
         for number in range(1, args.rounds + 1):
-            ceiling = _common.ceiling(kafka, topics.events, args.count)
+            with _common.GcClock() as ceiling_gc:
+                ceiling = _common.ceiling(kafka, topics.events, args.count)
             print(f"  round {number}/{args.rounds}", flush=True)
-            print(f"  ceiling (consume + decode + JSON):      {ceiling}", flush=True)
-            run, rss_delta, _ = run_throughput(kafka, topics, args.count, time_left())
+            print(f"  ceiling (consume + decode + JSON):      {ceiling}; {ceiling_gc}", flush=True)
+            with _common.GcClock() as engine_gc:
+                run, rss_delta, _ = run_throughput(kafka, topics, args.count, time_left())
+            print(f"  engine pass: {engine_gc}")
             for line in describe_run(run, ceiling):
                 print(line)
             print(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from typing import Any
 
@@ -60,6 +61,15 @@ class Engine(Delivering):
 
     async def run(self) -> None:
         """Consume until ``request_stop``; returns after the final commit."""
+        thresholds = gc.get_threshold()
+        if self.cfg.gc_young_threshold:
+            gc.set_threshold(self.cfg.gc_young_threshold, *thresholds[1:])
+        try:
+            await self._run()
+        finally:
+            gc.set_threshold(*thresholds)
+
+    async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._consumer = Consumer(self._consumer_config())
         await self._call(

@@ -4,6 +4,7 @@ re-delivery to healthy tenants, recovery in order, poison records, retention gap
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from streams.codec import AuditEventCodec
 from streams.config import KafkaConfig, TopicsConfig
 from streams.engine import Engine, EngineConfig
+from streams.engine.sink import Envelope, SendResult
 from streams.event import validate_event
 from tests.engine_support import RecordingSink, fresh_topics, publish
 
@@ -273,6 +275,36 @@ async def test_a_sink_that_settles_part_of_a_batch_gets_the_rest_next_in_order(
     assert max(sink.batch_sizes) > 3
     committed = _committed(kafka_bootstrap, topics.events, "eng-partial", 2)
     assert sum(tp.offset for tp in committed) == len(events)
+
+
+@pytest.mark.parametrize("configured", [0, 12_345])
+async def test_the_collector_threshold_holds_while_the_engine_runs_and_is_restored(
+    kafka_bootstrap: str, configured: int
+) -> None:
+    topics = fresh_topics(kafka_bootstrap, partitions=1)
+    events = publish(kafka_bootstrap, topics.events, 50, 2, seed=41)
+    sink = RecordingSink(max_batch=10)
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    send = sink.send
+
+    async def watching(tenant: str, batch: list[Envelope]) -> SendResult | None:
+        seen.append(gc.get_threshold())
+        return await send(tenant, batch)
+
+    sink.send = watching  # type: ignore[method-assign]
+    engine = _engine(
+        kafka_bootstrap, topics, sink, f"eng-gc-{configured}", gc_young_threshold=configured
+    )
+    run = asyncio.create_task(engine.run())
+    await _until(lambda: sink.count() >= len(events))
+    engine.request_stop()
+    await run
+
+    assert seen
+    expected = before if configured == 0 else (configured, *before[1:])
+    assert set(seen) == {expected}
+    assert gc.get_threshold() == before
 
 
 def test_the_broker_refuses_metadata_of_exactly_the_limit_so_the_engine_stays_below(
