@@ -19,13 +19,16 @@ Every authenticated request goes through the same steps:
    a page that does not move forward (500, logged at ERROR: the store is broken).
 
 Errors leave as RFC 9457 problem documents (``connectors.api.problems``), including the
-router's own 404 and 405 and store failures (503 with Retry-After when retriable).
+router's own 404 and 405 and store failures (503 with Retry-After when retriable; a query
+cancelled at the store's statement timeout is the ``query-timeout`` problem). A JSON page
+that has a successor links it with an absolute URL (``connectors.api.links``).
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -37,6 +40,7 @@ from connectors.api.auth import AUDIT_READ, Authenticator, AuthEvents
 from connectors.api.config import ApiSettings
 from connectors.api.cursor import Cursor, CursorCodec
 from connectors.api.errors import CursorError
+from connectors.api.links import next_page_url
 from connectors.api.metrics import ApiMetrics
 from connectors.api.params import (
     DEFAULT_LIMIT,
@@ -52,19 +56,18 @@ from connectors.api.problems import (
     MethodNotAllowed,
     NotFound,
     Problem,
+    QueryTimeout,
     RateLimited,
     Unavailable,
     problem_response,
 )
 from connectors.api.ratelimit import RateLimiter
-from connectors.api.stream import stream_ndjson, wants_ndjson
-from connectors.index.errors import StoreError
+from connectors.api.stream import STREAMING, stream_ndjson, wants_ndjson
+from connectors.index.errors import StoreError, StoreTimeoutError
 from connectors.index.model import Account, StoredEvent
 
 _log = logging.getLogger(__name__)
 
-# Set on a request once its NDJSON headers are sent: errors must then drop the connection.
-_STREAMING = web.RequestKey("siem_export_streaming", bool)
 _JSON = "application/json"
 # The longest query string the document allows, percent-encoded, fits in this request line.
 # aiohttp's parser answers a longer line with a plain-text 400 before any middleware runs.
@@ -79,7 +82,9 @@ def openapi_document() -> bytes:
 
 def app_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     """The runner to serve ``make_app``'s app with (the request-line bound above)."""
-    return web.AppRunner(app, handler_args={"max_line_size": MAX_REQUEST_LINE}, **kwargs)
+    # AppRunner hands its keyword arguments to each connection's request handler (3.14 has no
+    # ``handler_args`` here: an unknown one makes it drop them all, with a warning).
+    return web.AppRunner(app, max_line_size=MAX_REQUEST_LINE, **kwargs)
 
 
 def make_app(
@@ -137,7 +142,7 @@ class _Api:
         try:
             response = await handler(request)
         except Exception as exc:
-            if request.get(_STREAMING):
+            if request.get(STREAMING):
                 # Headers are gone: the stream aborted its connection (no last chunk), the
                 # only way left to tell the client that it is incomplete.
                 self._metrics.requests.labels(route, "aborted").inc()
@@ -181,7 +186,6 @@ class _Api:
         where = query.event_filter(window)
         after = cursor.after if cursor else None
         if ndjson:
-            request[_STREAMING] = True
             return await stream_ndjson(
                 request,
                 self._store.stream(tenant, where, after=after),
@@ -276,7 +280,9 @@ class _Api:
         )
         headers = {}
         if token is not None:
-            link = request.rel_url.update_query(cursor=token)
+            link = next_page_url(
+                request, token, trust_forwarded=self._settings.trust_forwarded_headers
+            )
             headers["Link"] = f'<{link}>; rel="next"'
         return web.Response(body=body, content_type=_JSON, headers=headers)
 
@@ -342,6 +348,19 @@ def _router_problem(exc: web.HTTPException) -> Problem:
 
 
 def _store_problem(exc: StoreError) -> Problem:
+    if isinstance(exc, StoreTimeoutError):
+        _log.warning(
+            "Store query timed out.",
+            extra={"timeout_seconds": exc.timeout, "error": str(exc)[:200]},
+        )
+        # As long as the query was allowed to run: a client retrying the same heavy query
+        # sooner would keep the store busy with it.
+        return QueryTimeout(
+            f"The audit store cancelled this query after its statement timeout of "
+            f"{exc.timeout:g} s. Retry later; if it keeps happening, narrow the time range or "
+            "add filters.",
+            {"Retry-After": str(max(1, math.ceil(exc.timeout)))},
+        )
     if exc.retriable:
         _log.warning("Store unavailable.", extra={"error": str(exc)[:200]})
         return Unavailable("The audit store is unavailable; retry later.", {"Retry-After": "1"})

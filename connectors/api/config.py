@@ -1,8 +1,9 @@
 """The ``api`` section of the process settings: how ``siem-export serve`` listens and protects.
 
 Environment ``SIEM_EXPORT_API__…``. The page size (default 100, at most 1000) is part of the
-published OpenAPI document and therefore not a setting; the time-range bounds, the rate limit
-and the cursor secret are. ``cursor_secret`` must be the same on every replica (a cursor
+published OpenAPI document and therefore not a setting; the time-range bounds, the rate limit,
+the store's statement timeout, whether to trust a proxy's forwarded headers and the cursor
+secret are. ``cursor_secret`` must be the same on every replica (a cursor
 issued by one replica is followed on another); ``cursor_previous_secrets`` still verify
 cursors during a rotation. Secrets are ``SecretStr`` so no repr or error message shows them.
 """
@@ -56,6 +57,21 @@ class ApiSettings(BaseModel):
         le=87_840,
         description="Range served when neither start nor end is given: this many hours up to "
         "now (capped at max_range_days).",
+    )
+
+    statement_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Longest one store query of a request may run (an NDJSON stream is read "
+        "page by page, each page one query); a query still running is cancelled and the "
+        "request answered 503 with a query-timeout problem.",
+    )
+    trust_forwarded_headers: bool = Field(
+        default=False,
+        description="Build the absolute next-page URL of the Link header from "
+        "X-Forwarded-Proto and X-Forwarded-Host. Only behind a proxy that overwrites both on "
+        "every request; X-Forwarded-For is not used.",
     )
 
     @field_validator("cursor_secret")

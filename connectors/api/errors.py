@@ -15,7 +15,9 @@ Every error carries ``retriable``: whether the same request may succeed later un
             ├── NotFound            404   no such event for this tenant, or no such path
             ├── MethodNotAllowed    405   the path exists for other methods
             ├── RateLimited         429   retriable; ``retry_after`` seconds
-            └── Unavailable         503   retriable; the store could not answer
+            ├── Unavailable         503   retriable; the store could not answer
+            └── QueryTimeout        503   retriable; the store cancelled the query at its
+                                          statement timeout
 """
 
 from __future__ import annotations

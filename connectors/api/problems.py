@@ -116,6 +116,15 @@ class Unavailable(Problem):
     retriable = True
 
 
+class QueryTimeout(Problem):
+    """The store cancelled the request's query at its statement timeout."""
+
+    status = 503
+    slug = "query-timeout"
+    title = "Query timed out"
+    retriable = True
+
+
 def problem_response(problem: Problem) -> web.Response:
     """The HTTP response of a problem, with its extra headers (Retry-After, WWW-Authenticate)."""
     return web.Response(

@@ -2,8 +2,9 @@
 
 Who calls it: ``connectors.cli.serve``. Steps:
 
-1. Open the store named by ``store.url`` and bring its schema up to date (``migrate`` is safe
-   from several replicas at once), so a fresh SQLite file works out of the box.
+1. Open the store named by ``store.url``, with ``api.statement_timeout_seconds`` bounding every
+   query, and bring its schema up to date (``migrate`` is safe from several replicas at once,
+   and not bounded by the timeout), so a fresh SQLite file works out of the box.
 2. Build the publisher of authentication audit events (``auth_events``) on the events topic.
 3. Serve the API on ``--host``/``--port`` (default ``api.host``/``api.port``) and
    ``/metrics``, ``/healthz``, ``/readyz`` on ``ops.host``/``ops.port``.
@@ -48,7 +49,11 @@ async def serve_api(
     metrics = ApiMetrics(registry)
     # Step 1.
     url = settings.store.url.get_secret_value()
-    store = open_store(url, pool_size=settings.store.pool_size)
+    store = open_store(
+        url,
+        pool_size=settings.store.pool_size,
+        statement_timeout=settings.api.statement_timeout_seconds,
+    )
     try:
         version = await store.migrate()
         _log.info("Store ready.", extra={"store": redact_url(url), "schema_version": version})

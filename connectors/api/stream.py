@@ -5,10 +5,12 @@ for ``application/x-ndjson``. Rows come from the store's paged ``stream`` iterat
 written in small batches; ``StreamResponse.write`` waits while the client is slow, so memory
 stays at about one store page whatever the range.
 
-Once the headers are sent an error can no longer become a problem document. The handler then
-raises and the connection is dropped without the last chunk, so a client can tell an
-interrupted stream from a complete one. A client that resumes restarts from the last
-timestamp it saw and drops the event ids it already has.
+The first row is read before the headers are sent, so a store that fails on the first page
+(unavailable, or its query cancelled at the statement timeout) is still answered with a problem
+document. Once the headers are sent (``STREAMING`` is then set on the request) an error can no
+longer become one: the handler raises and the connection is dropped without the last chunk, so
+a client can tell an interrupted stream from a complete one. A client that resumes restarts
+from the last timestamp it saw and drops the event ids it already has.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from connectors.api.metrics import ApiMetrics
 from connectors.index.model import StoredEvent
 
 NDJSON = "application/x-ndjson"
+# Set on a request once its NDJSON headers are sent: errors must then drop the connection.
+STREAMING = web.RequestKey("siem_export_streaming", bool)
 _FLUSH_EVENTS = 200
 _FLUSH_BYTES = 256 * 1024
 
@@ -55,31 +59,36 @@ async def stream_ndjson(
     metrics: ApiMetrics,
 ) -> web.StreamResponse:
     """Send every row of ``rows`` as a line; ``check`` may raise to abort the stream."""
-    response = web.StreamResponse(headers={"Content-Type": NDJSON})
-    response.enable_chunked_encoding()
     try:
-        await response.prepare(request)
-        batch: list[bytes] = []
-        size = 0
-        async for row in rows:
-            check(row)
-            batch.append(row.body)
-            batch.append(b"\n")
-            size += len(row.body) + 1
-            if len(batch) >= 2 * _FLUSH_EVENTS or size >= _FLUSH_BYTES:
+        # Before the headers, so that a store failing at once still gets a problem document.
+        row = await anext(rows, None)
+        response = web.StreamResponse(headers={"Content-Type": NDJSON})
+        response.enable_chunked_encoding()
+        request[STREAMING] = True
+        try:
+            await response.prepare(request)
+            batch: list[bytes] = []
+            size = 0
+            while row is not None:
+                check(row)
+                batch.append(row.body)
+                batch.append(b"\n")
+                size += len(row.body) + 1
+                if len(batch) >= 2 * _FLUSH_EVENTS or size >= _FLUSH_BYTES:
+                    await response.write(b"".join(batch))
+                    metrics.streamed.inc(len(batch) // 2)
+                    batch, size = [], 0
+                row = await anext(rows, None)
+            if batch:
                 await response.write(b"".join(batch))
                 metrics.streamed.inc(len(batch) // 2)
-                batch, size = [], 0
-        if batch:
-            await response.write(b"".join(batch))
-            metrics.streamed.inc(len(batch) // 2)
-        await response.write_eof()
-    except BaseException:
-        # Headers (and maybe lines) are out: abort so that no last chunk, and no error page
-        # appended by the server, can make the stream look complete.
-        if request.transport is not None:
-            request.transport.abort()
-        raise
+            await response.write_eof()
+        except BaseException:
+            # Headers (and maybe lines) are out: abort so that no last chunk, and no error
+            # page appended by the server, can make the stream look complete.
+            if request.transport is not None:
+                request.transport.abort()
+            raise
     finally:
         # Release the store's cursor or connection even when the client went away.
         aclose = getattr(rows, "aclose", None)

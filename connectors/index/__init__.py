@@ -14,7 +14,12 @@ answers queries from it; both manage machine accounts through it. Modules:
 * :mod:`~connectors.index.errors`: what goes wrong, with the ``retriable`` flag.
 """
 
-from connectors.index.errors import MigrationError, StoreError, StoreUnavailableError
+from connectors.index.errors import (
+    MigrationError,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
 from connectors.index.model import Account, EventFilter, IndexedEvent, StoredEvent
 from connectors.index.store import AuditStore, open_store, redact_url
 
@@ -25,6 +30,7 @@ __all__ = [
     "IndexedEvent",
     "MigrationError",
     "StoreError",
+    "StoreTimeoutError",
     "StoreUnavailableError",
     "StoredEvent",
     "open_store",

@@ -8,8 +8,12 @@ type, to decide whether to try again (the API answers 503 with Retry-After for a
         │                            constraint the store's own logic should have prevented,
         │                            SQL the server rejects); retriable = False
         ├── StoreUnavailableError    the database cannot be reached or is busy right now:
-        │                            connection refused or lost, pool exhausted, SQLite file
-        │                            locked past the busy timeout; retriable = True
+        │   │                        connection refused or lost, pool exhausted, SQLite file
+        │   │                        locked past the busy timeout; retriable = True
+        │   └── StoreTimeoutError    a statement ran longer than the store's statement timeout
+        │                            and was cancelled (a heavy query, a busy server, a lock
+        │                            held elsewhere); ``timeout`` says how long it was allowed;
+        │                            retriable = True (it may pass when the server is quieter)
         └── MigrationError           the schema cannot be brought to this code's version: the
                                      database is newer than this code, an applied migration's
                                      file has changed, or a migration failed; retriable = False
@@ -33,6 +37,16 @@ class StoreUnavailableError(StoreError):
     """The database is unreachable or busy; the same call may succeed later."""
 
     retriable = True
+
+
+class StoreTimeoutError(StoreUnavailableError):
+    """A statement was cancelled after the store's statement timeout (``timeout`` seconds)."""
+
+    retriable = True
+
+    def __init__(self, message: str, timeout: float) -> None:
+        super().__init__(message)
+        self.timeout = timeout
 
 
 class MigrationError(StoreError):

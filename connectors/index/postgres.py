@@ -8,9 +8,18 @@ text built at run time comes from :mod:`connectors.index.query`'s fixed fragment
 transactions run at READ COMMITTED (set on each connection, whatever the server's default),
 which the sequence scheme below relies on.
 
-Driver errors are mapped at this boundary: connection trouble, a pool with no free connection
-in time, deadlocks and serialisation failures become :class:`StoreUnavailableError`
-(retriable); anything else :class:`StoreError`. Messages name the server as
+``statement_timeout`` (seconds, None by default) becomes the ``statement_timeout`` of every
+pool connection, set once when the connection is made: the server cancels a statement that
+runs longer, including time spent waiting for a lock, and it raises
+:class:`StoreTimeoutError`. ``siem-export serve`` sets it, so that no API query runs unbounded;
+``run index`` does not (its inserts may wait for a tenant's counter lock, its retention
+batches take their time). Migrations lift it on their connection while they run: building an
+index on a large table takes longer than any query should.
+
+Driver errors are mapped at this boundary: a statement cancelled while a statement timeout is
+set becomes :class:`StoreTimeoutError`; connection trouble, a pool with no free connection in
+time, deadlocks and serialisation failures become :class:`StoreUnavailableError` (retriable);
+anything else :class:`StoreError`. Messages name the server as
 :func:`connectors.index.store.redact_url` shows it, never the password.
 """
 
@@ -28,7 +37,12 @@ import psycopg
 from psycopg import AsyncConnection, IsolationLevel
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from connectors.index.errors import MigrationError, StoreError, StoreUnavailableError
+from connectors.index.errors import (
+    MigrationError,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+)
 from connectors.index.model import (
     Account,
     EventFilter,
@@ -47,6 +61,7 @@ from connectors.index.query import (
 )
 from connectors.index.schema import (
     SCHEMA_MIGRATIONS_DDL,
+    Migration,
     load_migrations,
     pending_migrations,
 )
@@ -115,9 +130,9 @@ def _account(row: Sequence[Any]) -> Account:
     )
 
 
-async def _configure(conn: AsyncConnection[Any]) -> None:
-    """Each new pool connection: READ COMMITTED whatever the server's default."""
-    await conn.set_isolation_level(IsolationLevel.READ_COMMITTED)
+def _timeout_setting(seconds: float | None) -> str:
+    """The value of PostgreSQL's ``statement_timeout`` for ``seconds`` ("0": none)."""
+    return "0" if seconds is None else f"{max(1, round(seconds * 1000))}ms"
 
 
 class PostgresStore(PagedReads):
@@ -126,23 +141,45 @@ class PostgresStore(PagedReads):
     dialect = "postgresql"
 
     def __init__(
-        self, conninfo: str, *, endpoint: str, pool_size: int = 4, timeout: float = 10.0
+        self,
+        conninfo: str,
+        *,
+        endpoint: str,
+        pool_size: int = 4,
+        timeout: float = 10.0,
+        statement_timeout: float | None = None,
     ) -> None:
         check_limit(pool_size, "pool_size")
+        if statement_timeout is not None and not statement_timeout > 0:
+            raise ValueError(f"statement_timeout must be > 0 seconds, got {statement_timeout!r}")
         self.endpoint = endpoint
+        self._statement_timeout = statement_timeout
         self._pool = AsyncConnectionPool(
             conninfo,
             kwargs={"autocommit": True},
             min_size=1,
             max_size=pool_size,
             open=False,
-            configure=_configure,
+            configure=self._configure,
             check=AsyncConnectionPool.check_connection,
             timeout=timeout,
             name="siem-export-index",
         )
         self._opened = False
         self._open_lock = asyncio.Lock()
+
+    async def _configure(self, conn: AsyncConnection[Any]) -> None:
+        """Each new pool connection: READ COMMITTED whatever the server's default, and the
+        statement timeout if there is one (else the server's own setting stays)."""
+        await conn.set_isolation_level(IsolationLevel.READ_COMMITTED)
+        if self._statement_timeout is not None:
+            await self._set_statement_timeout(conn, self._statement_timeout)
+
+    @staticmethod
+    async def _set_statement_timeout(conn: AsyncConnection[Any], seconds: float | None) -> None:
+        await conn.execute(
+            "SELECT set_config('statement_timeout', %s, false)", (_timeout_setting(seconds),)
+        )
 
     @contextlib.asynccontextmanager
     async def _connection(self, what: str) -> AsyncIterator[AsyncConnection[Any]]:
@@ -155,6 +192,16 @@ class PostgresStore(PagedReads):
         try:
             async with self._pool.connection() as conn:
                 yield conn
+        except psycopg.errors.QueryCanceled as exc:
+            if self._statement_timeout is None:  # cancelled by someone else: as before
+                raise StoreUnavailableError(
+                    f"PostgreSQL store at {self.endpoint}: {what} failed: {exc}"
+                ) from exc
+            raise StoreTimeoutError(
+                f"PostgreSQL store at {self.endpoint}: {what} ran longer than the statement "
+                f"timeout ({self._statement_timeout:g} s): {exc}",
+                self._statement_timeout,
+            ) from exc
         except _RETRIABLE as exc:
             raise StoreUnavailableError(
                 f"PostgreSQL store at {self.endpoint}: {what} failed: {exc}"
@@ -174,34 +221,47 @@ class PostgresStore(PagedReads):
         """
         known = load_migrations("postgresql")
         async with self._connection("migrate") as conn:
-            await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+            if self._statement_timeout is None:
+                return await self._migrate(conn, known)
+            # Waiting for another replica's migration and building an index on a large table
+            # may take minutes: no timeout while migrating, the connection's back afterwards.
+            await self._set_statement_timeout(conn, None)
             try:
-                await conn.execute(SCHEMA_MIGRATIONS_DDL)
-                cursor = await conn.execute("SELECT version, checksum FROM schema_migrations")
-                applied = {int(v): str(c) for v, c in await cursor.fetchall()}
-                for migration in pending_migrations("postgresql", known, applied):
-                    try:
-                        async with conn.transaction():
-                            # No parameters: psycopg sends the file as one simple query, which
-                            # may hold many statements.
-                            await conn.execute(migration.sql.encode("utf-8"))
-                            await conn.execute(
-                                "INSERT INTO schema_migrations "
-                                "(version, name, checksum, applied_ms) VALUES (%s, %s, %s, %s)",
-                                (migration.version, migration.name, migration.checksum, _now_ms()),
-                            )
-                    except psycopg.Error as exc:
-                        if isinstance(exc, _RETRIABLE):
-                            raise
-                        raise MigrationError(
-                            f"PostgreSQL migration {migration.version:04d}_{migration.name} "
-                            f"failed: {exc}"
-                        ) from exc
-                    applied[migration.version] = migration.checksum
-                return max(applied, default=0)
+                return await self._migrate(conn, known)
             finally:
                 if not conn.closed:
-                    await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+                    await self._set_statement_timeout(conn, self._statement_timeout)
+
+    async def _migrate(self, conn: AsyncConnection[Any], known: tuple[Migration, ...]) -> int:
+        """``migrate`` on one connection: take the lock, apply what is pending, unlock."""
+        await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            await conn.execute(SCHEMA_MIGRATIONS_DDL)
+            cursor = await conn.execute("SELECT version, checksum FROM schema_migrations")
+            applied = {int(v): str(c) for v, c in await cursor.fetchall()}
+            for migration in pending_migrations("postgresql", known, applied):
+                try:
+                    async with conn.transaction():
+                        # No parameters: psycopg sends the file as one simple query, which
+                        # may hold many statements.
+                        await conn.execute(migration.sql.encode("utf-8"))
+                        await conn.execute(
+                            "INSERT INTO schema_migrations "
+                            "(version, name, checksum, applied_ms) VALUES (%s, %s, %s, %s)",
+                            (migration.version, migration.name, migration.checksum, _now_ms()),
+                        )
+                except psycopg.Error as exc:
+                    if isinstance(exc, _RETRIABLE):
+                        raise
+                    raise MigrationError(
+                        f"PostgreSQL migration {migration.version:04d}_{migration.name} "
+                        f"failed: {exc}"
+                    ) from exc
+                applied[migration.version] = migration.checksum
+            return max(applied, default=0)
+        finally:
+            if not conn.closed:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
 
     # -- events -------------------------------------------------------------------------
 
@@ -367,11 +427,11 @@ class PostgresStore(PagedReads):
         return account
 
     async def account_by_token_hash(self, token_hash: bytes) -> Account | None:
-        """The active account with this token hash, or None (unknown or revoked)."""
+        """The account with this token hash, active or revoked, or None if there is none."""
         async with self._connection("account_by_token_hash") as conn:
             cursor = await conn.execute(
                 f"SELECT {_ACCOUNT_COLUMNS} FROM machine_accounts "  # noqa: S608 - fixed text
-                "WHERE token_hash = %s AND revoked_ms IS NULL",
+                "WHERE token_hash = %s",
                 (token_hash,),
             )
             row = await cursor.fetchone()

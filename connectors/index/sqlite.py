@@ -12,6 +12,11 @@ the last commits on power loss, and with them events whose offsets are already c
 ``foreign_keys=ON``; a busy timeout (another process holding the write lock makes a writer wait
 that long before :class:`StoreUnavailableError`); ``query_only`` on the readers.
 
+``statement_timeout`` (seconds, None by default) bounds the reads, the API's queries and
+account lookups: SQLite has no such setting, so a progress handler interrupts a read still
+running at the deadline (:mod:`connectors.index.sqlite_threads`) and the read raises
+:class:`StoreTimeoutError`. Writes and migrations are not bounded by it.
+
 ``sqlite:///:memory:`` gives a private in-memory database, for tests and demos: one connection
 serves reads and writes (another connection would see another, empty, database) and everything
 is lost on ``close()``.
@@ -90,10 +95,20 @@ class SqliteStore(PagedReads):
 
     dialect = "sqlite"
 
-    def __init__(self, path: str, *, readers: int = 4, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        readers: int = 4,
+        busy_timeout: float = 10.0,
+        statement_timeout: float | None = None,
+    ) -> None:
         check_limit(readers, "readers")
+        if statement_timeout is not None and not statement_timeout > 0:
+            raise ValueError(f"statement_timeout must be > 0 seconds, got {statement_timeout!r}")
         self.path = path
         self._busy_timeout = busy_timeout
+        self._statement_timeout = statement_timeout
         self._writer = SqliteConnections(self._open_writer, 1, "sqlite-store-writer")
         if path == MEMORY:
             self._readers = self._writer
@@ -249,7 +264,7 @@ class SqliteStore(PagedReads):
         def select(conn: sqlite3.Connection) -> list[StoredEvent]:
             return [row_to_event(r) for r in conn.execute(statement.sql, statement.params)]
 
-        return await self._readers.run(what, select)
+        return await self._readers.run(what, select, timeout=self._statement_timeout)
 
     async def query(
         self,
@@ -341,17 +356,19 @@ class SqliteStore(PagedReads):
         return account
 
     async def account_by_token_hash(self, token_hash: bytes) -> Account | None:
-        """The active account with this token hash, or None (unknown or revoked)."""
+        """The account with this token hash, active or revoked, or None if there is none."""
 
         def find(conn: sqlite3.Connection) -> Account | None:
             row = conn.execute(
                 f"SELECT {_ACCOUNT_COLUMNS} FROM machine_accounts "  # noqa: S608 - fixed text
-                "WHERE token_hash = ? AND revoked_ms IS NULL",
+                "WHERE token_hash = ?",
                 (token_hash,),
             ).fetchone()
             return None if row is None else _account(row)
 
-        return await self._readers.run("account_by_token_hash", find)
+        return await self._readers.run(
+            "account_by_token_hash", find, timeout=self._statement_timeout
+        )
 
     async def list_accounts(self, tenant_id: str | None = None) -> list[Account]:
         """Every account (revoked ones too), of one tenant or all, oldest first."""
@@ -365,7 +382,7 @@ class SqliteStore(PagedReads):
             sql += " ORDER BY created_ms, account_id"
             return [_account(r) for r in conn.execute(sql, params)]
 
-        return await self._readers.run("list_accounts", list_)
+        return await self._readers.run("list_accounts", list_, timeout=self._statement_timeout)
 
     async def revoke_account(self, account_id: str) -> bool:
         """Revoke an active account; False if there is none with this id (or it is revoked)."""

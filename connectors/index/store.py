@@ -31,6 +31,12 @@ Contract of every store (both implementations pass the same tests,
   order, both strictly after the given key; ``stream`` walks all pages without holding more
   than one in memory.
 * ``delete_older_than`` deletes in batches, each its own transaction.
+* Machine accounts: ``account_by_token_hash`` finds an account by its token's hash whether it
+  is active or revoked (the API must know whose revoked token is being used, to record the
+  attempt in that tenant's audit log); the caller checks ``Account.active``.
+* Statement timeout: opened with ``statement_timeout`` (``siem-export serve`` does), a read
+  still running after that many seconds is cancelled and raises ``StoreTimeoutError``
+  (on PostgreSQL every statement but the migrations' is bounded, on SQLite the reads).
 * Errors: :mod:`connectors.index.errors` only, with the ``retriable`` flag.
 """
 
@@ -118,7 +124,8 @@ class AuditStore(Protocol):
         ...
 
     async def account_by_token_hash(self, token_hash: bytes) -> Account | None:
-        """The active (not revoked) account with this token hash, or None."""
+        """The account with this token hash, active or revoked (see ``Account.active``), or
+        None if no account has it."""
         ...
 
     async def list_accounts(self, tenant_id: str | None = None) -> list[Account]:
@@ -134,11 +141,14 @@ class AuditStore(Protocol):
         ...
 
 
-def open_store(url: str, *, pool_size: int = 4) -> AuditStore:
+def open_store(
+    url: str, *, pool_size: int = 4, statement_timeout: float | None = None
+) -> AuditStore:
     """The store a URL names (see the module's docstring); connects lazily, on first use.
 
     ``pool_size`` is the most connections PostgreSQL gets from this process, or the number
-    of SQLite reader threads. ``ValueError`` names what is wrong with the URL.
+    of SQLite reader threads. ``statement_timeout`` (seconds) bounds the queries, for the
+    API; None leaves them unbounded. ``ValueError`` names what is wrong with the URL.
     """
     if not isinstance(url, str) or not url:
         raise ValueError("store URL must be a non-empty string")
@@ -146,12 +156,17 @@ def open_store(url: str, *, pool_size: int = 4) -> AuditStore:
         raise ValueError("store URL must not contain spaces or control characters")
     scheme = url.partition(":")[0].lower()
     if scheme == "sqlite":
-        return SqliteStore(sqlite_path(url), readers=pool_size)
+        return SqliteStore(sqlite_path(url), readers=pool_size, statement_timeout=statement_timeout)
     if scheme in _POSTGRES_SCHEMES:
         from connectors.index.postgres import PostgresStore  # psycopg only where it is used
 
         check_postgres_url(url)
-        return PostgresStore(url, endpoint=redact_url(url), pool_size=pool_size)
+        return PostgresStore(
+            url,
+            endpoint=redact_url(url),
+            pool_size=pool_size,
+            statement_timeout=statement_timeout,
+        )
     raise ValueError(
         f"store URL must start with sqlite:/// or postgresql:// (got scheme {scheme[:20]!r})"
         if ":" in url

@@ -9,12 +9,15 @@ another tenant's event.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,10 @@ import aiohttp
 import pytest
 
 from connectors.api.auth import hash_token, new_token
+from connectors.api.auth_events import KafkaAuthEvents
 from connectors.api.metrics import ApiMetrics
 from connectors.index.store import AuditStore, open_store
-from streams.event import to_json_bytes
+from streams.event import AuditEvent, to_json_bytes, validate_event
 from tests.api_support import (
     T0,
     TENANT_A,
@@ -58,10 +62,12 @@ class Api:
     async def get(
         self, path: str, who: str = "a", base: str | None = None, **headers: str
     ) -> tuple[int, dict[str, str], Any]:
-        """GET ``path`` as account ``who`` ("" for no token), from ``base`` or this server."""
+        """GET ``path`` (or an absolute URL) as account ``who`` ("" for no token), from ``base``
+        or this server."""
         if who:
             headers["Authorization"] = f"Bearer {self.tokens[who]}"
-        async with self.session.get((base or self.base) + path, headers=headers) as resp:
+        url = path if path.startswith("http") else (base or self.base) + path
+        async with self.session.get(url, headers=headers) as resp:
             raw = await resp.read()
             ctype = resp.headers.get("Content-Type", "")
             is_json = ctype.startswith(("application/json", "application/problem+json"))
@@ -129,16 +135,31 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         await store.close()
 
 
+class ValidatingPublisher:
+    """Checks each event as the platform publisher does, keeps it, and acknowledges it."""
+
+    def __init__(self) -> None:
+        self.sent: list[AuditEvent] = []
+
+    def publish(self, event: Mapping[str, Any]) -> Future[Any]:
+        self.sent.append(validate_event(event))
+        future: Future[Any] = Future()
+        future.set_result(None)
+        return future
+
+
 def ids(body: dict[str, Any]) -> list[str]:
     return [e["event_id"] for e in body["data"]]
 
 
-def next_link(headers: dict[str, str]) -> str | None:
+def next_link(headers: dict[str, str], base: str) -> str | None:
+    """The next page's URL: absolute, on the server the request went to."""
     link = headers.get("Link")
     if link is None:
         return None
     m = re.fullmatch(r'<([^>]+)>; rel="next"', link)
     assert m is not None, link
+    assert m.group(1).startswith(base + "/v1/audit-events?"), link
     return m.group(1)
 
 
@@ -151,7 +172,7 @@ async def walk(api: Api, path: str, who: str = "a") -> list[str]:
         status, headers, body = await api.get(url, who)
         assert status == 200, body
         seen += ids(body)
-        link = next_link(headers)
+        link = next_link(headers, api.base)
         assert (link is None) == (body["next_cursor"] is None)
         if link is None:
             return seen
@@ -190,14 +211,45 @@ async def test_a_token_without_audit_read_is_403(api: Api) -> None:
 async def test_every_authentication_is_recorded(api: Api) -> None:
     await api.get("/v1/audit-events", who="a")
     await api.get("/v1/audit-events", who="admin")
+    await api.get("/v1/audit-events", who="revoked")
     await api.get("/v1/audit-events", who="")
+    async with api.session.get(
+        api.base + "/v1/audit-events", headers={"Authorization": f"Bearer {new_token()}"}
+    ) as resp:
+        assert resp.status == 401
     got = [(r.tenant_id, r.account_id, r.outcome, r.reason) for r in api.events.records]
     assert got == [
         (TENANT_A, api.accounts["a"], "success", "ok"),
         (TENANT_A, api.accounts["admin"], "denied", "insufficient_scope"),
+        # The revoked account's tenant learns that its old token is still in use.
+        (TENANT_A, api.accounts["revoked"], "failure", "revoked_token"),
         (None, None, "failure", "missing_token"),
+        (None, None, "failure", "unknown_token"),
     ]
     assert all(r.source_ip == "127.0.0.1" for r in api.events.records)
+
+
+async def test_a_revoked_token_is_published_in_its_tenants_audit_log(api: Api) -> None:
+    """Through the real recorder: the event is valid, of the account's tenant, and names it."""
+    publisher = ValidatingPublisher()
+    recorder = KafkaAuthEvents(publisher, ApiMetrics(), clock=lambda: NOW / 1000)
+    async with running_api(api.store, api_settings(), recorder) as base:
+        status, headers, body = await api.get("/v1/audit-events", who="revoked", base=base)
+        assert status == 401
+        assert 'error="invalid_token"' in headers["WWW-Authenticate"]
+        assert body["detail"] == "The bearer token is not valid."  # as for an unknown token
+        status, _, _ = await api.get("/v1/audit-events", who="", base=base)
+        assert status == 401
+    [sent] = publisher.sent  # the missing token has no tenant: nothing published
+    assert sent["tenant_id"] == TENANT_A
+    assert sent["action"] == "machine_account.api_auth_failed"
+    assert sent["outcome"] == "failure"
+    account = {"type": "machine_account", "id": api.accounts["revoked"]}
+    assert sent["actor"] == {**account, "email": None}
+    assert sent["resource"] == {**account, "name": None}
+    assert sent["metadata"] == {"reason": "revoked_token", "service": "siem-export-api"}
+    assert sent["source_ip"] == "127.0.0.1"
+    assert sent["timestamp"] == "2026-03-16T00:00:00.000Z"
 
 
 async def test_the_openapi_document_needs_no_token(api: Api) -> None:
@@ -292,6 +344,25 @@ async def test_pages_walk_the_window_in_order_each_event_once(api: Api) -> None:
     assert body["next_cursor"] is None and "Link" not in headers
 
 
+async def test_the_next_link_is_absolute_and_trusts_a_proxy_only_when_told(api: Api) -> None:
+    query = f"/v1/audit-events?{DAY_RANGE}&limit=3"
+    proxy = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "siem.example.com"}
+    _, headers, body = await api.get(query, **proxy)
+    link = next_link(headers, api.base)
+    assert link == f"{api.base}{query}&cursor={body['next_cursor']}"
+    _, headers, _ = await api.get(query, Host="audit.internal:8080")
+    assert headers["Link"].startswith("<http://audit.internal:8080/v1/audit-events?")
+    trusting = api_settings(trust_forwarded_headers=True)
+    async with running_api(api.store, trusting, clock=lambda: NOW / 1000) as base:
+        _, headers, body = await api.get(query, base=base, **proxy)
+        assert headers["Link"] == (
+            f'<https://siem.example.com{query}&cursor={body["next_cursor"]}>; rel="next"'
+        )
+        # In ingestion order too (a poller follows the link forever).
+        _, headers, _ = await api.get("/v1/audit-events?order=ingestion", base=base, **proxy)
+        assert headers["Link"].startswith("<https://siem.example.com/v1/audit-events?")
+
+
 async def test_the_body_is_the_event_exactly_as_delivered(api: Api) -> None:
     delivered = to_json_bytes(_seed()[5])
     _, _, parsed = await api.get("/v1/audit-events/evt_a005", Accept="application/json")
@@ -357,7 +428,7 @@ async def test_ingestion_order_never_skips_late_events(api: Api) -> None:
         assert status == 200
         seen += ids(body)
         assert body["next_cursor"]  # always: a poller comes back with it
-        url = next_link(headers) or ""
+        url = next_link(headers, api.base) or ""
         if not body["data"]:
             break
     assert sorted(seen) == sorted(f"evt_a{i:03d}" for i in range(40)) and len(seen) == 40
@@ -448,6 +519,20 @@ async def test_bad_parameters_are_400_problems_naming_each(api: Api) -> None:
     assert body["invalid_params"][0]["name"] == "event_id"
 
 
+async def test_a_long_request_line_still_gets_a_problem_document(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Longer than aiohttp's default request line (8190), which its parser answers with a
+    # plain-text 400 before any of our code runs; within the API's own bound.
+    long_id = "x" * 20_000
+    with caplog.at_level(logging.WARNING):
+        status, headers, body = await api.get(f"/v1/audit-events?actor_id={long_id}")
+    assert status == 400
+    assert headers["Content-Type"] == "application/problem+json"
+    assert [p["name"] for p in body["invalid_params"]] == ["actor_id"]
+    assert not [r for r in caplog.records if "custom kwargs" in r.getMessage()]
+
+
 async def test_the_rate_limit_answers_429_with_retry_after(api: Api) -> None:
     async with running_api(
         api.store,
@@ -472,6 +557,49 @@ async def test_concurrent_clients_each_get_their_own_tenant(api: Api) -> None:
 
     results = await asyncio.gather(*(one("a" if i % 2 else "b") for i in range(20)))
     assert results == [{TENANT_A} if i % 2 else {TENANT_B} for i in range(20)]
+
+
+async def test_a_query_past_the_statement_timeout_is_a_503_not_a_hang(tmp_path: Path) -> None:
+    """A filter no index serves makes SQLite visit each of 30,000 rows: far more than the
+    1 ms allowed. The token lookup and the lookup of one event stay well within it."""
+    url = f"sqlite://{tmp_path / 'big.db'}"
+    writer = open_store(url)
+    token = new_token()
+    one = indexed(event(TENANT_A, "evt_000000", T0))
+    # Only the indexed columns matter here; the bodies are copies of one event.
+    rows = [
+        dataclasses.replace(one, event_id=f"evt_{i:06d}", timestamp_ms=T0 + i)
+        for i in range(30_000)
+    ]
+    try:
+        await writer.migrate()
+        for start in range(0, len(rows), 10_000):
+            await writer.insert(rows[start : start + 10_000])
+        await writer.create_account(TENANT_A, "a", ["audit:read"], hash_token(token))
+    finally:
+        await writer.close()
+    store = open_store(url, statement_timeout=0.001)
+    headers = {"Authorization": f"Bearer {token}"}
+    timeout = aiohttp.ClientTimeout(total=30)
+    try:
+        async with (
+            running_api(store, api_settings(), clock=lambda: NOW / 1000) as base,
+            aiohttp.ClientSession(headers=headers, timeout=timeout) as session,
+        ):
+            for accept in ("application/json", "application/x-ndjson"):
+                path = f"/v1/audit-events?{DAY_RANGE}&outcome=denied"
+                async with session.get(base + path, headers={"Accept": accept}) as resp:
+                    assert resp.status == 503, accept
+                    assert resp.headers["Content-Type"] == "application/problem+json"
+                    assert resp.headers["Retry-After"] == "1"
+                    problem = await resp.json(content_type="application/problem+json")
+                assert problem["type"] == "urn:zaita:siem-export:problem:query-timeout"
+                assert problem["status"] == 503
+                assert "statement timeout" in problem["detail"]
+            async with session.get(base + "/v1/audit-events/evt_000042") as resp:
+                assert resp.status == 200
+    finally:
+        await store.close()
 
 
 # ------------------------------------------------------------------ the accounts commands

@@ -9,7 +9,8 @@ and publishing its authentication events to a fresh topic of the session's Kafka
   error and no response that breaks the document (status codes, content types, headers,
   bodies), and see invalid input refused;
 * the authentication events arrive on the topic, attributed to the account's tenant;
-* ``accounts list`` never shows a token, ``accounts revoke`` stops one at the next request;
+* ``accounts list`` never shows a token, ``accounts revoke`` stops one at the next request,
+  and the use of the revoked token is published to the account's tenant;
 * SIGTERM stops the server with exit code 0.
 """
 
@@ -26,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from connectors.index.store import open_store
 from streams.config import KafkaConfig
+from streams.event import AuditEvent
 from streams.tail import read_records
 from tests.api_support import TENANT_A, TENANT_B, event, indexed
 
@@ -307,6 +309,16 @@ def test_accounts_list_and_revoke(served: Served) -> None:
     revoked = _cli(["accounts", "revoke", account_id], served.env)
     assert (revoked.returncode, revoked.stdout.strip()) == (0, f"revoked {account_id}")
     assert _get(served, "/v1/audit-events/evt_a0001", token) == 401
+    # The use of the revoked token is in the audit log of the account's tenant, once.
+    [failed] = _published(
+        served,
+        lambda ev: (
+            ev["action"] == "machine_account.api_auth_failed" and ev["actor"]["id"] == account_id
+        ),
+    )
+    assert failed["tenant_id"] == TENANT_A
+    assert failed["resource"] == {"type": "machine_account", "id": account_id, "name": None}
+    assert (failed["outcome"], failed["metadata"]["reason"]) == ("failure", "revoked_token")
     again = _cli(["accounts", "revoke", account_id], served.env)
     assert again.returncode == 1
     assert "no active account" in again.stderr
@@ -318,6 +330,20 @@ def test_accounts_list_and_revoke(served: Served) -> None:
         ["accounts", "create", "--tenant", "t1", "--scope", "audit:write"], served.env
     )
     assert unknown_scope.returncode == 2
+
+
+def _published(served: Served, wanted: Callable[[AuditEvent], bool]) -> list[AuditEvent]:
+    """The events on the topic that ``wanted`` picks, once there is one (60 s at most)."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = []
+        for record in read_records(served.kafka, served.topic, idle_timeout=5):
+            assert record.event is not None
+            if wanted(record.event):
+                found.append(record.event)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
 
 
 def test_serve_without_a_cursor_secret_exits_2(served: Served) -> None:

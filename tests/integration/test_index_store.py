@@ -14,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from connectors.index.errors import StoreError, StoreUnavailableError
+from connectors.index.errors import StoreError, StoreTimeoutError, StoreUnavailableError
 from connectors.index.model import EventFilter, IndexedEvent, StoredEvent
-from connectors.index.postgres import PostgresStore
+from connectors.index.postgres import MIGRATION_LOCK_KEY, PostgresStore
 from connectors.index.store import AuditStore, open_store
 from tests.postgres_support import (
     postgres_cluster_fixture,  # noqa: F401 - the fixture "postgres_cluster"
@@ -555,10 +557,10 @@ async def test_machine_accounts(store: AuditStore) -> None:
     assert await store.account_by_token_hash(token_hash(3)) == other
     assert await store.account_by_token_hash(token_hash(9)) is None
 
-    assert [a.account_id for a in await store.list_accounts("t1")] == [
-        splunk.account_id,
-        admin.account_id,
-    ]
+    # Oldest first; two accounts made in the same millisecond come in account id order.
+    assert await store.list_accounts("t1") == sorted(
+        [splunk, admin], key=lambda a: (a.created_ms, a.account_id)
+    )
     assert {a.account_id for a in await store.list_accounts()} == {
         splunk.account_id,
         admin.account_id,
@@ -569,9 +571,15 @@ async def test_machine_accounts(store: AuditStore) -> None:
     assert await store.revoke_account(splunk.account_id) is True
     assert await store.revoke_account(splunk.account_id) is False
     assert await store.revoke_account("ma_unknown") is False
-    assert await store.account_by_token_hash(token_hash(1)) is None
+    # A revoked account is still found by its token (the API attributes the attempt to its
+    # tenant), marked revoked; the authenticator refuses it.
+    revoked = await store.account_by_token_hash(token_hash(1))
+    assert revoked is not None and not revoked.active
+    assert (revoked.account_id, revoked.tenant_id) == (splunk.account_id, "t1")
     assert await store.account_by_token_hash(token_hash(2)) == admin
+    assert await store.account_by_token_hash(token_hash(9)) is None
     listed = {a.account_id: a for a in await store.list_accounts("t1")}
+    assert listed[splunk.account_id] == revoked
     revoked_ms = listed[splunk.account_id].revoked_ms
     assert revoked_ms is not None
     assert revoked_ms >= splunk.created_ms
@@ -583,6 +591,97 @@ async def test_a_token_hash_belongs_to_one_account(store: AuditStore) -> None:
     with pytest.raises(StoreError) as caught:
         await store.create_account("t2", "b", ["audit:read"], token_hash(1))
     assert not caught.value.retriable
+
+
+# --------------------------------------------------------------------------- statement timeout
+
+
+async def test_a_sqlite_read_past_the_statement_timeout_is_interrupted(tmp_path: Path) -> None:
+    """A filter no index serves makes the read visit every row of the tenant: far more than
+    a millisecond's work. Indexed lookups finish before the progress handler ever runs."""
+    url = f"sqlite:///{tmp_path}/audit.db"
+    writer = open_store(url)
+    try:
+        await writer.migrate()
+        rows = [make_event("t1", f"e{i:06d}", T0 + i) for i in range(30_000)]
+        assert await insert_in_batches(writer, rows, 10_000) == 30_000
+        await writer.create_account("t1", "splunk", ["audit:read"], token_hash(1))
+    finally:
+        await writer.close()
+    store = open_store(url, statement_timeout=0.001)
+    try:
+        rare = EventFilter(outcome="denied")
+        with pytest.raises(StoreTimeoutError) as caught:
+            await store.query("t1", rare, after=None, limit=1000)
+        assert caught.value.retriable
+        assert caught.value.timeout == 0.001
+        assert "statement timeout" in str(caught.value)
+        with pytest.raises(StoreTimeoutError):
+            await store.query_by_sequence("t1", rare, after_sequence=None, limit=1000)
+        # The same connections go on serving reads that stay within the bound.
+        assert await store.get("t1", "e000007") is not None
+        assert await store.account_by_token_hash(token_hash(1)) is not None
+        page = await store.query("t1", EventFilter(), after=None, limit=10)
+        assert [e.event_id for e in page] == [f"e{i:06d}" for i in range(10)]
+    finally:
+        await store.close()
+    unbounded = open_store(url)
+    try:
+        assert await unbounded.query("t1", rare, after=None, limit=1000) == []
+    finally:
+        await unbounded.close()
+
+
+async def test_a_postgres_statement_waiting_past_the_timeout_is_cancelled(
+    postgres_url: str,
+) -> None:
+    """A lock held by another session makes the query wait; the server cancels it at the
+    timeout, and the pool's connection serves the next query."""
+    store = open_store(postgres_url, statement_timeout=0.3)
+    try:
+        await store.migrate()
+        await store.insert([make_event("t1", "e1", T0)])
+        await store.create_account("t1", "splunk", ["audit:read"], token_hash(1))
+        async with (
+            await psycopg.AsyncConnection.connect(postgres_url) as locker,
+            locker.transaction(),
+        ):
+            await locker.execute("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(StoreTimeoutError) as caught:
+                await store.query("t1", EventFilter(), after=None, limit=10)
+            assert 0.25 < time.monotonic() - started < 5
+            assert caught.value.retriable and caught.value.timeout == 0.3
+            assert "statement timeout" in str(caught.value)
+            with pytest.raises(StoreTimeoutError):
+                await store.get("t1", "e1")
+            # Another table is not locked: accounts are still found.
+            assert await store.account_by_token_hash(token_hash(1)) is not None
+        assert await store.get("t1", "e1") is not None
+    finally:
+        await store.close()
+
+
+async def test_postgres_migrations_are_not_bounded_by_the_statement_timeout(
+    postgres_url: str,
+) -> None:
+    """Another replica holds the migration lock for longer than the timeout: migrate waits
+    for it instead of failing, and the connection has its timeout back afterwards."""
+    store = open_store(postgres_url, statement_timeout=0.2)
+    try:
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as other:
+            await other.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+            migrating = asyncio.create_task(store.migrate())
+            await asyncio.sleep(0.6)
+            assert not migrating.done()
+            await other.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            assert await asyncio.wait_for(migrating, 30) == 1
+            async with other.transaction():
+                await other.execute("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE")
+                with pytest.raises(StoreTimeoutError):
+                    await store.query("t1", EventFilter(), after=None, limit=10)
+    finally:
+        await store.close()
 
 
 # --------------------------------------------------------------------------- errors

@@ -8,6 +8,7 @@ store is exercised in ``tests/component/test_api.py``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,7 +19,7 @@ from connectors.api.app import make_app
 from connectors.api.auth import hash_token, new_token
 from connectors.api.config import ApiSettings
 from connectors.api.stream import wants_ndjson
-from connectors.index.errors import StoreError, StoreUnavailableError
+from connectors.index.errors import StoreError, StoreTimeoutError, StoreUnavailableError
 from connectors.index.model import Account, EventFilter, StoredEvent
 from streams.event import to_json_bytes
 from tests.api_support import (
@@ -49,6 +50,7 @@ class MemoryStore:
     def __init__(self, rows: list[StoredEvent]) -> None:
         self.rows = rows
         self.error: Exception | None = None
+        self.fail_at = 2  # the row of a stream that raises ``error``
         self.hold: asyncio.Event | None = None
         self.stream_closed = asyncio.Event()
         self.calls: list[tuple[str, str]] = []
@@ -83,7 +85,7 @@ class MemoryStore:
             for i, r in enumerate(self.rows):
                 if i == 1 and self.hold is not None:
                     await self.hold.wait()
-                if i == 2 and self.error is not None:
+                if i == self.fail_at and self.error is not None:
                     raise self.error
                 yield r
         finally:
@@ -143,6 +145,23 @@ async def test_store_failures_become_503_or_500_problems() -> None:
         status, headers, _ = await fetch(f"{base}/v1/audit-events")
         assert status == 500
         assert headers["Content-Type"] == "application/problem+json"
+
+
+async def test_a_query_cancelled_at_the_statement_timeout_is_a_503_query_timeout() -> None:
+    store = MemoryStore([row(TENANT_A, i, T0 + i, i) for i in range(1, 4)])
+    store.error = StoreTimeoutError("canceling statement due to statement timeout", 2.5)
+    store.fail_at = 0
+    async with running_api(store) as base:
+        for accept in ("application/json", "application/x-ndjson"):
+            status, headers, body = await fetch(f"{base}/v1/audit-events?{RANGE}", Accept=accept)
+            assert status == 503, accept
+            assert headers["Content-Type"] == "application/problem+json"
+            assert headers["Retry-After"] == "3"  # as long as the query was allowed to run
+            problem = json.loads(body)
+            assert problem["type"] == "urn:zaita:siem-export:problem:query-timeout"
+            assert problem["title"] == "Query timed out"
+            assert "statement timeout of 2.5 s" in problem["detail"]
+            assert b"canceling" not in body  # the store's words stay in the log
 
 
 async def test_ndjson_lines_leave_before_the_store_is_done() -> None:

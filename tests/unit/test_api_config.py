@@ -20,6 +20,8 @@ def test_defaults() -> None:
     assert (api.rate_per_second, api.burst) == (10.0, 20)
     assert api.max_range_ms == 31 * 86_400_000
     assert api.default_window_ms == 86_400_000
+    assert api.statement_timeout_seconds == 10.0
+    assert api.trust_forwarded_headers is False
 
 
 def test_a_short_secret_is_refused_without_being_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,6 +53,15 @@ def test_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [s.get_secret_value() for s in api.cursor_previous_secrets] == ["p" * 40]
     assert api.rate_per_second == 2.5
     assert api.max_range_ms == 7 * 86_400_000
+    monkeypatch.setenv("SIEM_EXPORT_API__STATEMENT_TIMEOUT_SECONDS", "2.5")
+    monkeypatch.setenv("SIEM_EXPORT_API__TRUST_FORWARDED_HEADERS", "true")
+    api = load_settings().api
+    assert (api.statement_timeout_seconds, api.trust_forwarded_headers) == (2.5, True)
+    for bad in ("0", "-1", "3601"):
+        monkeypatch.setenv("SIEM_EXPORT_API__STATEMENT_TIMEOUT_SECONDS", bad)
+        with pytest.raises(SettingsError, match="SIEM_EXPORT_API__STATEMENT_TIMEOUT_SECONDS"):
+            load_settings()
+    monkeypatch.delenv("SIEM_EXPORT_API__STATEMENT_TIMEOUT_SECONDS")
     monkeypatch.setenv("SIEM_EXPORT_API__BURTS", "3")
     with pytest.raises(SettingsError, match="SIEM_EXPORT_API__BURST"):
         load_settings()
