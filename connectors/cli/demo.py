@@ -2,9 +2,15 @@
 
 Starts (or reuses) the local Kafka of ``.kafka/``, creates the topics, publishes a stream of
 synthetic audit events, reads them back from the topic and prints some exactly as a customer's
-SIEM receives them, with a summary; then runs the webhook connector (a real
-``siem-export run webhook`` process) into a local receiver, and the syslog connector (a real
-``siem-export run syslog`` process) into a private local rsyslogd, and shows what arrived.
+SIEM receives them, with a summary. Then every delivery method runs as the real process an
+operator runs, each checked against the topic (every event of this run arrived, each tenant's
+in partition order): the webhook connector (``siem-export run webhook``) into a local
+receiver; the syslog connector (``siem-export run syslog``) into a private local rsyslogd; the
+storage connector (``siem-export run storage``) into a bucket of a private SeaweedFS S3 server,
+listing the objects it wrote and their metadata; and the index (``siem-export run index``) into
+a SQLite audit store, which ``siem-export serve`` then answers for one tenant's machine account
+(``siem-export accounts create``) to a real ``curl``. Each step starts and stops its own servers
+in a temporary directory.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from pathlib import Path
 import click
 
 from connectors.cli.context import fail, settings_of
+from connectors.cli.demo_api import run_api_demo
+from connectors.cli.demo_storage import run_storage_demo
 from connectors.cli.demo_syslog import run_syslog_demo
 from connectors.cli.demo_webhook import run_webhook_demo
 from connectors.cli.generate import generate_events
@@ -151,3 +159,9 @@ def _run(settings: Settings, count: int, tenants: int, show: int) -> None:
 
     click.echo("6. Syslog forwarding: the connector process sends each tenant's events to rsyslog")
     run_syslog_demo(settings, since, expected, show)
+
+    click.echo("7. Cloud storage: the connector process writes each tenant's events as files to S3")
+    run_storage_demo(settings, since, expected)
+
+    click.echo("8. REST API: the index process stores the events, the API serves them to curl")
+    run_api_demo(settings, since, expected, show)

@@ -18,11 +18,8 @@ import contextlib
 import json
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,18 +27,16 @@ from pathlib import Path
 import click
 
 from connectors.cli.demo_support import (
+    HOST,
     Arrivals,
     ConnectorRun,
-    die_with_parent,
     free_port,
     run_connector,
+    server_process,
 )
 from connectors.settings import Settings
 from streams.errors import StreamsError
 
-HOST = "127.0.0.1"
-START_SECONDS = 15.0
-STOP_SECONDS = 15.0
 SHOW_WIDTH = 240
 # Written messages; delivered_total would lag: TCP counts as delivered only confirm_seconds later.
 _METRICS = ('siem_export_syslog_messages_total{transport="tcp"}',)
@@ -199,68 +194,14 @@ input(type="imtcp" address="{HOST}" port="{port}" ruleset="demo")
         )
     version = re.search(r"version (\S+?),", check.stdout + check.stderr)
     name = f"rsyslogd {version.group(1)}" if version else "rsyslogd"
-    log = directory / "rsyslogd.log"
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
-            [binary, "-n", "-f", str(config), "-i", str(directory / "rsyslogd.pid")],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=directory,
-            start_new_session=True,  # Ctrl-C reaches the demo only; it stops rsyslogd last
-            preexec_fn=die_with_parent(),
-        )
-    try:
-        _wait_listening(proc, port, log)
+    argv = [binary, "-n", "-f", str(config), "-i", str(directory / "rsyslogd.pid")]
+    with server_process("rsyslogd", argv, directory / "rsyslogd.log", port) as proc:
         click.echo(
             f"   {name} (pid {proc.pid}) on "
             f"tcp://{HOST}:{port}, imtcp with octet-counted framing, each message written "
             "as it arrived to a file"
         )
         yield port
-    finally:
-        _stop(proc, log)
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + START_SECONDS
-    while proc.poll() is None:
-        try:
-            with socket.create_connection((HOST, port), timeout=1.0):
-                pass
-        except OSError:
-            if time.monotonic() > deadline:
-                raise StreamsError(
-                    f"rsyslogd does not listen on {HOST}:{port} after {START_SECONDS:g} s:\n"
-                    f"{_tail(log)}"
-                ) from None
-            time.sleep(0.05)
-            continue
-        if "Address already in use" in _tail(log):
-            raise StreamsError(f"rsyslogd could not bind {HOST}:{port}:\n{_tail(log)}")
-        return
-    raise StreamsError(f"rsyslogd exited with {proc.returncode} at start:\n{_tail(log)}")
-
-
-def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
-    """SIGTERM rsyslogd and wait for it (it writes what it has read first); SIGKILL if hung."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        click.echo(f"   rsyslogd ignored SIGTERM for {STOP_SECONDS:g} s: killed\n{_tail(log)}")
-
-
-def _tail(log: Path, lines: int = 20) -> str:
-    try:
-        text = log.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return "(no output)"
-    return "\n".join(text.splitlines()[-lines:]) or "(no output)"
 
 
 def _report(

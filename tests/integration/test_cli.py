@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -119,6 +121,7 @@ def test_readme_demo_runs_end_to_end(tmp_path: Path, kafka_lib_dir: Path) -> Non
         ["demo", "--count", "300", "--tenants", "4", "--port", str(_free_port())],
         None,
         cwd=tmp_path,
+        timeout=270,  # under pytest's 300 s; a loaded 2-core machine needs about 2 minutes
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -126,6 +129,9 @@ def test_readme_demo_runs_end_to_end(tmp_path: Path, kafka_lib_dir: Path) -> Non
     assert "300 events of this run read back from the topic, 4 tenants, 0 undecodable" in out
     step4, _, step5 = out.partition("5. Webhook delivery")
     step5, _, step6 = step5.partition("6. Syslog forwarding")
+    step6, _, step7 = step6.partition("7. Cloud storage")
+    step7, _, step8 = step7.partition("8. REST API")
+    assert step8, out
     assert step4.count('{"event_id":"evt_') == 3
     # The real connector process delivered every event, signed and in order, then stopped.
     assert "300 of 300 events arrived" in step5
@@ -143,6 +149,80 @@ def test_readme_demo_runs_end_to_end(tmp_path: Path, kafka_lib_dir: Path) -> Non
     assert "syslog_messages_total=300" in step6
     rsyslogd_pid = int(step6.split("(pid ", 1)[1].split(")", 1)[0])
     assert not Path(f"/proc/{rsyslogd_pid}").exists()  # stopped, not left behind
+    _assert_storage_step(step7)
+    _assert_api_step(step8, out)
     assert "Stopped the broker" in out
     status = _run(["kafka", "status"], None, cwd=tmp_path)
     assert status.returncode == 3
+
+
+def _per_tenant(step: str) -> dict[str, int]:
+    listed = step.split("per tenant: ", 1)[1].splitlines()[0]
+    return {t: int(n) for t, _, n in (item.partition("=") for item in listed.split(", "))}
+
+
+def _assert_storage_step(step7: str) -> None:
+    """The real storage connector wrote every event once, in order, into SeaweedFS objects."""
+    assert "300 of 300 events written in " in step7
+    assert "connector stopped with exit code 0" in step7
+    objects = re.findall(
+        r"^   audit/tenant_id=(tnt_\w+)/date=\d{4}-\d\d-\d\d/hour=\d\d/\1-\d+-\d+\.jsonl\.gz"
+        r" +(\d+) bytes +(\d+) events$",
+        step7,
+        re.MULTILINE,
+    )
+    assert len({tenant for tenant, _, _ in objects}) == 4, step7  # Hive-style keys, each tenant
+    assert all(int(size) > 0 and int(count) > 0 for _, size, count in objects)
+    meta = re.search(
+        r"metadata of audit/\S+: eventcount=(\d+), firstoffset=(\d+), lastoffset=(\d+), "
+        r"schemaversion=\d+, sha256=[0-9a-f]{64}; matches the content: (\d+) JSON lines",
+        step7,
+    )
+    assert meta is not None, step7
+    assert meta[1] == meta[4] and int(meta[2]) <= int(meta[3])
+    assert (
+        "4 tenants, 4 received in partition order; 0 duplicates; "
+        "0 objects whose metadata does not match their content" in step7
+    )
+    assert sum(_per_tenant(step7).values()) == 300
+    weed_pid = int(step7.split("(weed mini, pid ", 1)[1].split(")", 1)[0])
+    assert not Path(f"/proc/{weed_pid}").exists()  # SeaweedFS stopped, not left behind
+
+
+def _assert_api_step(step8: str, out: str) -> None:
+    """The real index stored every event; serve answered curl with one tenant's events only."""
+    assert "300 of 300 events indexed" in step8
+    assert (
+        "4 tenants, 4 received in partition order; 0 duplicates; "
+        "0 rows whose stored JSON is not theirs" in step8
+    )
+    assert sum(_per_tenant(step8).values()) == 300
+    account = re.search(r"accounts create --tenant (tnt_\w+) --scope audit:read .*"
+                        r"token: zse_\S{4}… \(printed once", step8)  # fmt: skip
+    assert account is not None, step8
+    tenant = account[1]
+    assert not re.search(r"zse_[A-Za-z0-9_-]{5}", out)  # the token is never shown in full
+    lines = step8.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("   $ curl "))
+    command = lines[at]
+    assert '-H "Authorization: Bearer zse_' in command and '…"' in command
+    category = re.search(r"/v1/audit-events\?category=(\w+)&start=\S+&limit=3\"$", command)
+    assert category is not None, command
+    page = json.loads(lines[at + 1])  # curl's output, verbatim
+    assert 1 <= len(page["data"]) <= 3 and page["next_cursor"]
+    for event in page["data"]:
+        assert event["tenant_id"] == tenant
+        assert event["action"].split(".", 1)[0] == category[1]
+    by_time = re.search(
+        r"with that token: (\d+) events in \d+ pages, 0 duplicates, 0 other tenants; "
+        r"(tnt_\w+) published (\d+) in this run",
+        step8,
+    )
+    assert by_time is not None, step8
+    assert by_time[2] == tenant and by_time[1] == by_time[3] == str(_per_tenant(step8)[tenant])
+    assert re.search(
+        rf"order=ingestion \(for pollers\): {by_time[1]} events in \d+ pages, the last one "
+        r"empty \(caught up\); in partition order",
+        step8,
+    )
+    assert "siem-export serve stopped with exit code 0" in step8
