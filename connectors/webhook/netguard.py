@@ -8,8 +8,20 @@ unspecified, reserved, broadcast, benchmarking and documentation addresses, and 
 that embed a refused IPv4 address (IPv4-mapped/compatible, 6to4, NAT64) -- unless the operator
 lists the range in SIEM_EXPORT_WEBHOOK__ALLOWED_NETWORKS.
 
-The webhook transport calls ``policy.check_url(url, allow_http=...)`` when the sink is
-configured, and sends through ``guarded_session(policy, allow_http=...)``, which combines:
+How the webhook transport (``connectors.webhook.transport``, over its own HTTP/1.1 client in
+``connectors.webhook.http1``) uses it, before every new connection:
+
+* ``policy.check_url(url, allow_http=...)``: scheme, credentials, and IP-literal hosts (the
+  verdict is cached per URL string; the sink also runs it when a destination is configured);
+* names are resolved through ``GuardedResolver(policy, inner).resolve_checked(host, port)``,
+  which drops refused addresses and raises DestinationRefused if none is left; only checked
+  answers are cached (60 s);
+* the client connects to exactly those numeric addresses, in order (``AI_NUMERICHOST``: never
+  looked up again), so the address checked is the address connected to: no DNS-rebinding
+  window. TLS still verifies the URL's host name (SNI and certificate). Redirects are never
+  followed, so no other URL is ever fetched.
+
+For aiohttp users, ``guarded_session(policy, allow_http=...)`` combines the same pieces:
 
 * ``guarded_connector``: every host name is resolved through ``GuardedResolver``, which drops
   refused addresses. ``TCPConnector`` connects to exactly the addresses the resolver returned
