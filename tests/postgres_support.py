@@ -7,7 +7,9 @@ its Unix socket in the temporary directory (never ``/var/run/postgresql``), trus
 authentication for the superuser ``siem`` (nobody else can reach a loopback port of a test
 machine's private cluster, and no password ends up in a file). Durability is switched off
 (``fsync``, ``synchronous_commit``, ``full_page_writes``): a test cluster never survives a
-crash anyway, and it makes the 10,000-row tests quick.
+crash anyway, and it makes the 10,000-row tests quick. ``PostgresCluster(settings={...})``
+replaces any of these server settings (:data:`TEST_SETTINGS`) for one cluster; a benchmark
+(bench/query.py) switches durability back on, as production runs it.
 
 PostgreSQL refuses to run as root. When the tests run as root (CI does), initdb and postgres run
 as Debian's ``postgres`` system user (created by the package) and the temporary directory is
@@ -40,7 +42,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -56,6 +58,15 @@ SUPERUSER = "siem"
 DEBIAN_PACKAGE = "postgresql"
 RUN_AS_WHEN_ROOT = "postgres"  # the system user Debian's package creates
 _debian_bin_root = Path("/usr/lib/postgresql")
+# Server settings of a test cluster (``-c name=value``); ``PostgresCluster(settings=…)`` replaces
+# any of them. Durability off: see the module's docstring.
+TEST_SETTINGS: Mapping[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "50",
+    "shared_buffers": "64MB",
+}
 _database_numbers = itertools.count(1)
 
 
@@ -88,8 +99,11 @@ class PostgresCluster:
     Start it from the thread that stops it: the server is tied to that thread's life.
     """
 
-    def __init__(self, *, start_timeout: float = 60.0) -> None:
+    def __init__(
+        self, *, start_timeout: float = 60.0, settings: Mapping[str, str] | None = None
+    ) -> None:
         self.start_timeout = start_timeout
+        self.settings = {**TEST_SETTINGS, **(settings or {})}
         self.bindir = find_bindir()
         self.run_as: str | None = None
         if os.geteuid() == 0:
@@ -220,17 +234,9 @@ class PostgresCluster:
             f"listen_addresses={HOST}",
             "-c",
             f"unix_socket_directories={self.directory}",
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-            "-c",
-            "max_connections=50",
-            "-c",
-            "shared_buffers=64MB",
         ]
+        for name, value in self.settings.items():
+            command += ["-c", f"{name}={value}"]
         log = self.log.open("ab")
         try:
             self._proc = subprocess.Popen(
