@@ -44,10 +44,11 @@ endpoints on a free port: /readyz, and /metrics polled every 0.1 s.
     after a restart) and the check counts them as missing.
 (6) stall: a bucket that stops answering. SeaweedFS is frozen (SIGSTOP) before the connector
     starts on the topic of (1) with max_events 1,000 and interval 1h; once every event is in
-    the sink's hands, RSS and the uploads_in_progress gauge show what waits for the
-    max_concurrent_uploads upload slots (16 by default; the rest hold their content until a
-    slot frees). SeaweedFS resumes (SIGCONT); the time until no upload is left, then the
-    drain and the bucket check as in (3).
+    the sink's hands, RSS and the uploads_in_progress and uploads_waiting gauges show what
+    waits for the max_concurrent_uploads upload slots (16 by default), and buffered_bytes
+    where its content is (memory or disk: waiting files beyond SIEM_EXPORT_STORAGE__
+    WAITING_MEMORY_BYTES are on disk). SeaweedFS resumes (SIGCONT); the time until no upload
+    is left, then the drain and the bucket check as in (3).
 With --profile, an extra throughput pass runs the connector under cProfile (its event loop
 thread; the Kafka fetch and upload reads in worker threads are not in it) and prints its time
 by package.
@@ -714,7 +715,13 @@ class Stall:
     drain: Drain
     stored: Stored
     metrics: dict[str, float]
+    frozen: dict[str, float]  # the connector's metrics while the bucket was frozen
     logs: dict[str, int]
+
+    def buffered_mib(self, where: str, files: str) -> float:
+        """siem_export_storage_buffered_bytes while frozen, in MiB."""
+        key = f"siem_export_storage_buffered_bytes{{files={files},where={where}}}"
+        return self.frozen.get(key, 0.0) / 2**20
 
 
 def run_stall(
@@ -757,6 +764,7 @@ def run_stall(
         drain=ended,
         stored=inspect_bucket(setup.weed, bucket, expected),
         metrics=ended.metrics,
+        frozen=metrics,
         logs=connector.log_summary(),
     )
 
@@ -854,6 +862,12 @@ def describe_stall(run: Stall, max_events: int) -> list[str]:
         f"after /readyz: {run.uploading} closed files ({max_events:,} events each) in or "
         f"waiting for an upload, {run.open_files} still open; RSS {mib(run.ready_kib)} at "
         f"/readyz, {mib(run.frozen_kib)} then",
+        f"while frozen: {_common.summed(run.frozen, 'siem_export_storage_uploads_waiting'):.0f} "
+        "waiting for a slot; content not yet written (buffered_bytes): closed files "
+        f"{run.buffered_mib('memory', 'closed'):.1f} MiB in memory, "
+        f"{run.buffered_mib('disk', 'closed'):.1f} MiB on disk; open files "
+        f"{run.buffered_mib('memory', 'open'):.1f} MiB in memory, "
+        f"{run.buffered_mib('disk', 'open'):.1f} MiB on disk",
         f"thawed: no upload left after {run.recover_seconds:.2f} s; {run.drain}",
         f"bucket: {run.stored}",
         "connector metrics: " + ", ".join(_common.describe_metrics(run.metrics, STORAGE_MEANS)),
@@ -910,7 +924,9 @@ def summary_rows(
         else:
             out.append(
                 f"{name:<34} bucket frozen: {run.uploading} files waiting, RSS "
-                f"{mib(run.ready_kib)} -> {mib(run.frozen_kib)}; written "
+                f"{mib(run.ready_kib)} -> {mib(run.frozen_kib)}, closed files "
+                f"{run.buffered_mib('memory', 'closed'):.1f} MiB in memory, "
+                f"{run.buffered_mib('disk', 'closed'):.1f} MiB on disk; written "
                 f"{run.recover_seconds:.1f} s after thaw; {run.stored.objects} objects, {verdict}"
             )
     return out

@@ -8,7 +8,8 @@ several instances and a developer's own SeaweedFS never collide. The S3 gateway 
 signed requests: ``-s3.config`` names an identities file with one admin identity
 (``access_key``/``secret_key``), and ``-s3.autoCreateBucket=false`` makes a missing bucket an
 error (by default SeaweedFS creates it on the first upload). ``stop()`` sends SIGINT (about 3 s
-to shut down), ``restart()`` starts it again on the same ports and data.
+to shut down), ``restart()`` starts it again on the same ports and data; ``freeze()`` (SIGSTOP)
+and ``thaw()`` make it a bucket that stops answering and comes back.
 
 ``MotoServer`` is moto's ``ThreadedMotoServer`` (a thread of the test process on a free port):
 S3, KMS, STS and IAM in one endpoint, used where SeaweedFS has no equivalent (SSE-KMS with a
@@ -226,6 +227,7 @@ class SeaweedFS:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
+        proc.send_signal(signal.SIGCONT)  # a frozen server would not see the SIGINT
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout)
@@ -236,6 +238,16 @@ class SeaweedFS:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the kernel still accepts connections, nothing answers (a silent bucket)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after ``freeze``: the requests sent meanwhile are answered."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def tail(self, lines: int = 40) -> str:
         if not self.log.exists():

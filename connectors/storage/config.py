@@ -2,7 +2,8 @@
 
 ``StorageSettings`` is the ``storage`` section of the process settings
 (``SIEM_EXPORT_STORAGE__…``): what the operator decides for every tenant (when an open file
-moves from memory to a temporary file, upload part sizes, timeouts, health thresholds).
+moves from memory to a temporary file, how much closed files waiting for an upload may hold in
+memory and how many may wait, upload slots, part sizes, timeouts, health thresholds).
 ``StorageDestination`` is one tenant's ``storage:`` entry in the destinations file: where the
 files go (``s3://``, ``azure://`` or ``gs://`` url), their format, when a file closes, how
 objects are named and encrypted, and the provider's credentials.
@@ -168,6 +169,36 @@ class StorageSettings(BaseModel):
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     max_concurrent_uploads: int = Field(
         default=16, ge=1, le=256, description="Files written at the same time (all tenants)."
+    )
+    drain_concurrent_uploads: int = Field(
+        default=64,
+        ge=1,
+        le=256,
+        description="Files written at the same time while the engine waits for them: at "
+        "shutdown, and for partitions being revoked (never fewer than max_concurrent_uploads).",
+    )
+    waiting_memory_bytes: int = Field(
+        default=32 * MiB,
+        ge=0,
+        le=16 * GiB,
+        description="Content of closed files waiting for an upload slot that may stay in "
+        "memory, all files together; a file that would pass it waits in an anonymous temporary "
+        "file in spill_dir instead. 0: every waiting file on disk.",
+    )
+    max_waiting_files: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Closed files not yet written (waiting for a slot or uploading), all "
+        "tenants together. Once reached, a tenant whose destination has such files starts no "
+        "new file: its events are refused for a while and stay in Kafka.",
+    )
+    max_waiting_events: int = Field(
+        default=2_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Events in those files (the engine keeps about 8 bytes an event until "
+        "the file is written); reaching it has the same effect as max_waiting_files.",
     )
     upload_timeout_seconds: float = Field(
         default=300.0,

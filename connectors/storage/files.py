@@ -26,6 +26,8 @@ the chunk that would pass it moves the whole content to an anonymous temporary f
 ``spill_dir`` (``tempfile.TemporaryFile``: it has no name on disk, so even a ``kill -9``
 leaves nothing behind), and everything after goes there too. Besides that buffer an open
 gzip file holds zlib's state (about 256 KiB at most), and each spilled file one descriptor.
+A finished file still in memory can be moved to such a file with ``FinishedFile.spill`` (the
+sink does it for files that must wait for an upload slot).
 
 Not thread-safe, except ``FinishedFile.read_part``, which reads at explicit positions and may
 run in worker threads while the event loop goes on.
@@ -169,6 +171,11 @@ class FileBuilder:
         """Content held in memory: stored bytes until the file spills, plus the start of a
         gzip file not yet compressed (at most _LAZY_GZIP_BYTES)."""
         return len(self._memory) + len(self._raw)
+
+    @property
+    def disk_bytes(self) -> int:
+        """Content in the temporary file (0 until the file spills)."""
+        return self._stored if self._file is not None else 0
 
     @property
     def spilled(self) -> bool:
@@ -354,6 +361,36 @@ class FinishedFile:
     def spilled(self) -> bool:
         """True if the content is in a temporary file rather than in memory."""
         return self._content is not None and not isinstance(self._content, bytes)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Content held in memory: ``size`` until spilled or released, then 0."""
+        return len(self._content) if isinstance(self._content, bytes) else 0
+
+    def spill(self, directory: Path | None) -> None:
+        """Move in-memory content to an anonymous temporary file in ``directory`` (None: the
+        system's), for a file that has to wait: the storage sink bounds the memory of files
+        waiting for an upload slot this way. Nothing happens if it is on disk already.
+
+        Raises OSError (disk full, directory gone) with the content still in memory.
+        """
+        with self._lock:
+            content = self._held()
+            if not isinstance(content, bytes):
+                return
+            # Outlives this call (closed by release): no `with`. Unbuffered: it is written once
+            # and then only read with pread, and a thousand waiting files need no write buffers.
+            spill = tempfile.TemporaryFile(  # noqa: SIM115
+                buffering=0, dir=directory, prefix="siem-export-storage-"
+            )
+            try:
+                view, written = memoryview(content), 0
+                while written < len(view):
+                    written += os.write(spill.fileno(), view[written:])
+            except BaseException:
+                spill.close()
+                raise
+            self._content = spill
 
     def metadata(self) -> dict[str, str]:
         """Object metadata (S3 ``x-amz-meta-<name>``, Azure and GCS metadata).

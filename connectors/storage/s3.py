@@ -28,7 +28,9 @@ What ``put`` guarantees when it returns:
    instead of adding a copy, and a reader sees the old or the new content, never a mix.
 
 Memory: a multipart upload holds at most two parts (the one being sent and the next one,
-read ahead in a worker thread through ``read_part(offset, size)``).
+read ahead in a worker thread through ``read_part(offset, size)``). Bodies of up to 256 KiB are
+read on the event loop instead (a thread hop costs more than the read). The client keeps up to
+``max_pool_connections`` connections (one per upload the sink runs at once).
 
 When ``put`` fails it raises ``StorageError`` with ``permanent`` set when retrying cannot help
 until someone changes the configuration (access denied, missing bucket, unknown or wrong
@@ -59,7 +61,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import aiobotocore
 import aiohttp
+import botocore
 from aiobotocore.config import AioConfig
 from aiobotocore.credentials import AioDeferredRefreshableCredentials
 from aiobotocore.session import AioSession
@@ -91,6 +95,10 @@ MAX_PART_SIZE = 5 * 1024 * MIB
 MAX_PARTS = 10_000
 ROLE_SESSION_NAME = "siem-export"
 ROLE_DURATION_SECONDS = 3600
+_INLINE_READ_BYTES = 256 * 1024  # read on the event loop up to this size, else in a thread
+# A fixed User-Agent: botocore's default one is assembled from a dozen parts twice per request,
+# about 7% of the connector's CPU per small object (profiled with 5,000 files at shutdown).
+_USER_AGENT = f"siem-export aiobotocore/{aiobotocore.__version__} botocore/{botocore.__version__}"
 
 # fmt: off
 # Error codes that say the configuration (or this code) is wrong: retrying cannot help.
@@ -165,6 +173,7 @@ class S3Writer:
         checksums: bool = True,
         sts_endpoint_url: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        max_pool_connections: int = 10,
     ) -> None:
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise ValueError(f"part_size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}")
@@ -172,6 +181,8 @@ class S3Writer:
             raise ValueError("multipart_threshold must be positive")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if max_pool_connections < 1:
+            raise ValueError("max_pool_connections must be positive")
         self.target = target
         self._threshold = multipart_threshold
         self._part_size = part_size
@@ -179,6 +190,7 @@ class S3Writer:
         self._abort_timeout = min(timeout, 30.0)
         self._session = session if session is not None else AioSession()
         self._checksums = checksums
+        self._pool = max_pool_connections
         self._sts_endpoint_url = sts_endpoint_url
         self._clock = clock if clock is not None else _utc_now
         self._stack = contextlib.AsyncExitStack()
@@ -233,6 +245,8 @@ class S3Writer:
             connect_timeout=min(self._timeout, 10.0),
             read_timeout=min(self._timeout, 60.0),
             retries={"mode": "standard", "total_max_attempts": 3},
+            max_pool_connections=self._pool,
+            user_agent=_USER_AGENT,
             s3={"addressing_style": "path" if target.path_style else "auto"},
             request_checksum_calculation="when_supported" if self._checksums else "when_required",
             response_checksum_validation="when_supported" if self._checksums else "when_required",
@@ -306,9 +320,10 @@ class S3Writer:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.target.kms_key_id}
         return {"ServerSideEncryption": "AES256"}
 
-    def _body_checksum(self, data: bytes) -> dict[str, Any]:
+    def _body_checksum(self, data: bytes, sha256: bytes | None = None) -> dict[str, Any]:
+        """The header the server checks the body with; ``sha256``: its digest, if known."""
         if self._checksums:
-            return {"ChecksumSHA256": _b64(hashlib.sha256(data).digest())}
+            return {"ChecksumSHA256": _b64(sha256 or hashlib.sha256(data).digest())}
         return {"ContentMD5": _b64(hashlib.md5(data, usedforsecurity=False).digest())}
 
     # Small files: one PutObject, atomic on the server.
@@ -325,7 +340,8 @@ class S3Writer:
         try:
             async with deadline:
                 data = await _read(read_part, 0, size) if size else b""
-                _check_whole(key, size, len(data), hashlib.sha256(data).hexdigest(), sha256_hex)
+                digest = hashlib.sha256(data).digest()
+                _check_whole(key, size, len(data), digest.hex(), sha256_hex)
                 await self._call(
                     "PutObject",
                     key,
@@ -334,7 +350,7 @@ class S3Writer:
                         Key=key,
                         Body=data,
                         **extra,
-                        **self._body_checksum(data),
+                        **self._body_checksum(data, digest),
                     ),
                 )
         except TimeoutError as exc:
@@ -515,6 +531,10 @@ def _code(exc: ClientError) -> str:
 
 
 async def _read(read_part: Callable[[int, int], bytes], offset: int, size: int) -> bytes:
+    if size <= _INLINE_READ_BYTES:
+        # A slice of memory or a pread from the page cache: a thread hop would cost more (with
+        # thousands of small files at shutdown, the hops were a visible share of the drain).
+        return read_part(offset, size)
     # A worker thread: a part is megabytes read from a spool file, too long for the loop.
     return await asyncio.to_thread(read_part, offset, size)
 

@@ -1,7 +1,8 @@
 """What the storage sink needs from a cloud provider: write one object, whole or not at all.
 
 Each provider module (``s3``, ``azure``, ``gcs``) implements :class:`ObjectWriter` for one
-destination (bucket or container and its credentials). The sink calls ``put`` once per finished
+destination (bucket or container and its credentials); ``make_writer`` builds the one a
+destination names. The sink calls ``put`` once per finished
 file and acknowledges the file's events only after ``put`` returned; ``put`` raises
 :class:`StorageError` otherwise.
 
@@ -25,7 +26,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from pydantic import SecretStr
+
 from connectors.errors import ConnectorsError
+from connectors.storage.config import StorageDestination, StorageSettings
 
 
 class StorageError(ConnectorsError):
@@ -74,3 +78,80 @@ class ObjectWriter(Protocol):
     async def close(self) -> None:
         """Release connections; the writer is not used afterwards."""
         ...
+
+
+WriterFactory = Callable[[StorageDestination, StorageSettings], ObjectWriter]
+"""How the sink gets a destination's writer (``make_writer``; tests pass a fake)."""
+
+
+def make_writer(dest: StorageDestination, settings: StorageSettings) -> ObjectWriter:
+    """The writer for a destination's provider (raises StorageError if it is refused)."""
+    if dest.uses_plain_http() and not settings.allow_http:
+        raise StorageError(
+            "plain http endpoint refused; set SIEM_EXPORT_STORAGE__ALLOW_HTTP=true to allow it",
+            bucket=dest.bucket,
+            permanent=True,
+            provider=dest.provider,
+        )
+    if dest.provider == "s3":
+        from connectors.storage.s3 import S3Target, S3Writer
+
+        target = S3Target(
+            bucket=dest.bucket,
+            endpoint_url=dest.endpoint_url,
+            region=dest.region,
+            path_style=dest.path_style,
+            kms_key_id=dest.kms_key_id,
+            role_arn=dest.role_arn,
+            external_id=dest.external_id,
+        )
+        return S3Writer(
+            target,
+            multipart_threshold=settings.multipart_threshold_bytes,
+            part_size=settings.part_size_bytes,
+            timeout=settings.upload_timeout_seconds,
+            # One connection per upload slot (aiobotocore's default pool has 10).
+            max_pool_connections=max(
+                settings.max_concurrent_uploads, settings.drain_concurrent_uploads
+            ),
+        )
+    if dest.provider == "azure":
+        from connectors.storage.azure import AzureBlobWriter, AzureTarget
+
+        def secret(value: SecretStr | None) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        return AzureBlobWriter(
+            AzureTarget(
+                container=dest.bucket,
+                account_url=dest.account_url,
+                connection_string=secret(dest.connection_string),
+                sas_token=secret(dest.sas_token),
+                account_key=secret(dest.account_key),
+                encryption_scope=dest.encryption_scope,
+            ),
+            block_size=settings.part_size_bytes,
+            single_put_threshold=settings.multipart_threshold_bytes,
+            timeout=settings.upload_timeout_seconds,
+        )
+    if dest.provider == "gcs":
+        from connectors.storage.gcs import GcsTarget, GcsWriter
+
+        chunk = settings.part_size_bytes - settings.part_size_bytes % (256 * 1024)  # GCS's unit
+        return GcsWriter(
+            GcsTarget(
+                bucket=dest.bucket,
+                kms_key_name=dest.kms_key_name,
+                credentials_file=dest.credentials_file,
+                api_root=dest.endpoint_url,
+            ),
+            chunk_size=chunk,
+            resumable_threshold=settings.multipart_threshold_bytes,
+            timeout=settings.upload_timeout_seconds,
+        )
+    raise StorageError(
+        f"provider {dest.provider} is not available in this build",
+        bucket=dest.bucket,
+        permanent=True,
+        provider=dest.provider,
+    )

@@ -361,3 +361,32 @@ def test_thousands_of_open_small_files_hold_about_their_content(spill_dir: Path)
     assert per_file < 3 * content + 4096, f"{per_file:.0f} bytes per open file"
     for builder in builders:
         builder.discard()
+
+
+def test_a_finished_file_moves_to_disk_with_the_same_content(spill_dir: Path) -> None:
+    builder = FileBuilder()
+    fill(builder, events(30))
+    finished = builder.finish()
+    in_memory = content_of(finished)
+    assert not finished.spilled and finished.memory_bytes == finished.size == len(in_memory)
+    before = open_fds()
+    finished.spill(spill_dir)
+    assert finished.spilled and finished.memory_bytes == 0 and open_fds() == before + 1
+    finished.spill(spill_dir)  # already on disk: nothing happens
+    assert open_fds() == before + 1
+    assert content_of(finished) == in_memory
+    assert finished.read_part(5, 40) == in_memory[5:45]
+    assert hashlib.sha256(in_memory).hexdigest() == finished.sha256
+    finished.release()
+    assert open_fds() == before
+
+
+def test_a_finished_file_that_cannot_move_to_disk_stays_in_memory(tmp_path: Path) -> None:
+    builder = FileBuilder()
+    fill(builder, events(5))
+    finished = builder.finish()
+    with pytest.raises(OSError):
+        finished.spill(tmp_path / "gone")
+    assert not finished.spilled and finished.memory_bytes == finished.size
+    assert gzip.decompress(content_of(finished))
+    finished.release()

@@ -8,8 +8,10 @@ engine (and the resend guard), the engine hooks, and cleanup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,8 @@ from prometheus_client import CollectorRegistry
 from connectors.destinations import Destinations, load_destinations
 from connectors.health import DestinationHealth, HealthThresholds
 from connectors.storage.config import StorageDestination, StorageSettings
-from connectors.storage.sink import StorageSink, make_writer
-from connectors.storage.writer import StorageError
+from connectors.storage.sink import StorageSink
+from connectors.storage.writer import StorageError, make_writer
 from streams.engine.sink import Envelope, SendResult
 from streams.errors import SinkError
 from tests.syslog_support import synthetic_envelopes
@@ -218,6 +220,15 @@ async def test_forget_cancels_an_upload_in_progress(rig: Rig) -> None:
     assert not rig.store.objects
 
 
+async def test_forget_settles_an_upload_cancelled_before_it_ran(rig: Rig) -> None:
+    result = await rig.send(lane(5))  # full: its upload task exists but has not run yet
+    rig.sink.forget([3])
+    with pytest.raises(SinkError, match="cancelled"):
+        await asyncio.wait_for(result.pending, 5)  # type: ignore[arg-type]
+    assert not rig.store.puts
+    assert gauge(rig, "uploads_in_progress") == 0
+
+
 async def test_unrouted_tenants_are_acknowledged_without_a_file(tmp_path: Path) -> None:
     rig = Rig(tmp_path, S3)
     path = tmp_path / "other.json"
@@ -246,3 +257,193 @@ def test_plain_http_endpoints_need_allow_http() -> None:
         make_writer(dest, StorageSettings())
     assert refused.value.permanent and "ALLOW_HTTP" in str(refused.value)
     make_writer(dest, StorageSettings(allow_http=True))  # builds (connects lazily)
+
+
+# --- waiting for upload slots: memory, backpressure, drain order -------------------------
+
+
+def tenant_events(tenant: str, count: int, start: int, partition: int) -> list[Envelope]:
+    """``count`` events of ``tenant`` at offsets start, start+1, ... of one partition."""
+    return [
+        Envelope("t", partition, start + i, 1_773_562_937_003 + i, tenant, event, 0, b"")
+        for i, env in enumerate(synthetic_envelopes(count, seed=start + 7))
+        for event in [{**env.event, "tenant_id": tenant}]
+    ]
+
+
+def spill_files(directory: Path) -> int:
+    """Descriptors of this process on (anonymous) temporary files in ``directory``."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(fd).startswith(f"{directory}/")
+    return count
+
+
+def buffered(rig: Rig, where: str, files: str) -> float:
+    value = rig.registry.get_sample_value(
+        "siem_export_storage_buffered_bytes", {"where": where, "files": files}
+    )
+    assert value is not None
+    return value
+
+
+def gauge(rig: Rig, name: str) -> float:
+    value = rig.registry.get_sample_value(f"siem_export_storage_{name}")
+    assert value is not None
+    return value
+
+
+async def started(rig: Rig, puts: int) -> None:
+    while len(rig.store.puts) < puts:
+        await asyncio.sleep(0.01)
+
+
+async def test_files_waiting_beyond_the_memory_budget_wait_on_disk(tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    rig = Rig(
+        tmp_path,
+        {**S3, "max_events": 5},
+        max_concurrent_uploads=1,
+        waiting_memory_bytes=0,
+        spill_dir=spill,
+    )
+    rig.store.hold = asyncio.Event()
+    results = [await rig.send(lane(5, partition=p)) for p in range(4)]  # each closes full
+    await started(rig, 1)
+    assert gauge(rig, "uploads_waiting") == 3 and gauge(rig, "uploads_in_progress") == 4
+    # The running upload's content is in memory; the three waiting files are on disk.
+    running = buffered(rig, "memory", "closed")
+    assert 0 < running < 10_000
+    assert buffered(rig, "disk", "closed") > 2 * running
+    assert spill_files(spill) == 3
+    assert buffered(rig, "memory", "open") == buffered(rig, "disk", "open") == 0
+    rig.store.hold.set()
+    for result in results:
+        await asyncio.wait_for(result.pending, 5)  # type: ignore[arg-type]
+    assert len(rig.store.objects) == 4 and len(rig.store.puts) == 4
+    for key in rig.store.objects:  # read back from the spill files intact
+        assert len(rig.lines(key)) == 5
+    assert buffered(rig, "memory", "closed") == buffered(rig, "disk", "closed") == 0
+    assert gauge(rig, "uploads_waiting") == gauge(rig, "uploads_in_progress") == 0
+    assert spill_files(spill) == 0
+
+
+async def test_waiting_files_within_the_memory_budget_stay_in_memory(tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    rig = Rig(tmp_path, {**S3, "max_events": 5}, max_concurrent_uploads=1, spill_dir=spill)
+    rig.store.hold = asyncio.Event()
+    results = [await rig.send(lane(5, partition=p)) for p in range(3)]
+    await started(rig, 1)
+    assert spill_files(spill) == 0 and buffered(rig, "disk", "closed") == 0
+    rig.store.hold.set()
+    await asyncio.wait_for(asyncio.gather(*(r.pending for r in results if r.pending)), 5)
+    assert len(rig.store.objects) == 3
+
+
+async def test_too_many_unwritten_files_stop_new_files_of_their_destination(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, {**S3, "max_events": 5}, max_concurrent_uploads=1, max_waiting_files=2)
+    path = tmp_path / "two.json"
+    other = {"url": "s3://other-bucket/x", "interval": "1h"}
+    path.write_text(
+        json.dumps(
+            {
+                "tenants": {
+                    "*": {"storage": {**S3, "max_events": 5}},
+                    "tnt_other": {"storage": other},
+                }
+            }
+        )
+    )
+    rig.sink.update_destinations(rig.sink._destinations, load_destinations(path))
+    rig.store.hold = asyncio.Event()
+    still_open = await rig.send(lane(2, start=200, partition=9))
+    full = [await rig.send(lane(5, partition=p)) for p in (1, 2)]  # 1 writing, 1 waiting
+    await started(rig, 1)
+    assert gauge(rig, "backpressure") == 0
+    with pytest.raises(SinkError) as refused:
+        await rig.sink.send(TENANT, lane(3, partition=3))  # would open a new file
+    assert refused.value.retriable and refused.value.retry_after == 5.0
+    assert "files are not written yet" in str(refused.value)
+    assert gauge(rig, "backpressure") == 1
+    # An open file still takes events (its memory is bounded on its own) ...
+    more = await rig.send(lane(1, start=220, partition=9))
+    assert more.pending is still_open.pending
+    # ... and a destination with nothing waiting goes on.
+    elsewhere = await rig.sink.send("tnt_other", tenant_events("tnt_other", 2, 0, 3))
+    assert elsewhere is not None and elsewhere.pending is not None
+    rig.store.hold.set()
+    await asyncio.wait_for(asyncio.gather(*(r.pending for r in full if r.pending)), 5)
+    assert gauge(rig, "backpressure") == 0
+    accepted = await rig.send(lane(3, partition=3))
+    assert accepted.pending is not None and not accepted.pending.done()
+
+
+async def test_a_drain_writes_whole_partitions_first_each_from_its_first_offset(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, S3, max_concurrent_uploads=1, drain_concurrent_uploads=1)
+    opened = [
+        await rig.sink.send(tenant, tenant_events(tenant, 2, start, partition))
+        for tenant, start, partition in (
+            ("tnt_a", 20, 3),
+            ("tnt_a", 50, 7),
+            ("tnt_b", 10, 3),
+            ("tnt_c", 30, 3),
+        )
+    ]
+    rig.sink.flush(None)
+    for result in opened:
+        assert result is not None
+        await asyncio.wait_for(result.pending, 5)  # type: ignore[arg-type]
+    # Partition 7 has the fewest files: it is finished first; partition 3 from its start.
+    order = [key.rsplit("/", 1)[1].split(".")[0] for key in rig.store.puts]
+    assert order == ["tnt_a-7-50", "tnt_b-3-10", "tnt_a-3-20", "tnt_c-3-30"]
+
+
+async def test_a_failed_file_takes_back_the_lanes_waiting_files(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, {**S3, "max_events": 5}, max_concurrent_uploads=1)
+    rig.store.hold = asyncio.Event()
+    batch = lane(10)
+    first = await rig.send(batch[:5])
+    await started(rig, 1)
+    second = await rig.send(batch[5:])  # closed, waiting behind the first
+    assert gauge(rig, "uploads_waiting") == 1
+    rig.store.fail = StorageError("503 SlowDown", bucket="audit-bucket", permanent=False)
+    rig.store.hold.set()
+    for result in (first, second):
+        with pytest.raises(SinkError, match="SlowDown"):
+            await asyncio.wait_for(result.pending, 5)  # type: ignore[arg-type]
+    assert len(rig.store.puts) == 1  # the lane is read again from the first file: not written
+    assert gauge(rig, "uploads_waiting") == gauge(rig, "uploads_in_progress") == 0
+
+
+async def test_a_waiting_file_that_cannot_move_to_disk_fails_and_comes_again(
+    tmp_path: Path,
+) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    rig = Rig(
+        tmp_path,
+        {**S3, "max_events": 5},
+        max_concurrent_uploads=1,
+        waiting_memory_bytes=0,
+        spill_dir=spill,
+    )
+    spill.rmdir()  # the disk goes away after start
+    rig.store.hold = asyncio.Event()
+    running = await rig.send(lane(5, partition=1))  # starts at once: stays in memory
+    waiting = await rig.send(lane(5, partition=2))
+    with pytest.raises(SinkError, match="local file for a waiting upload") as failed:
+        await asyncio.wait_for(waiting.pending, 5)  # type: ignore[arg-type]
+    assert failed.value.retriable
+    with pytest.raises(SinkError, match="earlier file"):  # the lane re-reads from its start
+        await rig.sink.send(TENANT, lane(2, start=20, partition=2))
+    assert gauge(rig, "uploads_in_progress") == 1
+    rig.store.hold.set()
+    await asyncio.wait_for(running.pending, 5)  # type: ignore[arg-type]
+    assert len(rig.store.objects) == 1
