@@ -27,6 +27,7 @@ from typing import Any, Literal
 from connectors.index.model import EventFilter, StoredEvent
 
 __all__ = [
+    "event_by_id",
     "EVENT_COLUMNS",
     "Dialect",
     "Statement",
@@ -149,6 +150,16 @@ def page_by_time(
     sql += f" ORDER BY timestamp_ms, event_id LIMIT {mark}"
     params.append(limit)
     return Statement(sql, tuple(params))
+
+
+def event_by_id(dialect: Dialect, tenant_id: str, event_id: str) -> Statement:
+    """The tenant's event with this id (no row when another tenant has it)."""
+    mark = _MARK[dialect]
+    return Statement(
+        f"SELECT {EVENT_COLUMNS} FROM audit_events "  # noqa: S608 - fixed text
+        f"WHERE tenant_id = {mark} AND event_id = {mark}",
+        (tenant_id, event_id),
+    )
 
 
 def page_by_sequence(

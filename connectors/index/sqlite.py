@@ -40,18 +40,14 @@ from collections.abc import Sequence
 from connectors.index.errors import MigrationError, StoreError
 from connectors.index.model import (
     Account,
-    EventFilter,
     IndexedEvent,
     StoredEvent,
     check_account_fields,
 )
 from connectors.index.paging import PagedReads
 from connectors.index.query import (
-    EVENT_COLUMNS,
     Statement,
     check_limit,
-    page_by_sequence,
-    page_by_time,
     row_to_event,
 )
 from connectors.index.schema import (
@@ -265,39 +261,6 @@ class SqliteStore(PagedReads):
             return [row_to_event(r) for r in conn.execute(statement.sql, statement.params)]
 
         return await self._readers.run(what, select, timeout=self._statement_timeout)
-
-    async def query(
-        self,
-        tenant_id: str,
-        where: EventFilter,
-        *,
-        after: tuple[int, str] | None,
-        limit: int,
-    ) -> list[StoredEvent]:
-        """Up to ``limit`` matching events after ``after``, in (timestamp, event_id) order."""
-        return await self._select("query", page_by_time("sqlite", tenant_id, where, after, limit))
-
-    async def query_by_sequence(
-        self,
-        tenant_id: str,
-        where: EventFilter,
-        *,
-        after_sequence: int | None,
-        limit: int,
-    ) -> list[StoredEvent]:
-        """Up to ``limit`` matching events above ``after_sequence``, in ingestion order."""
-        statement = page_by_sequence("sqlite", tenant_id, where, after_sequence, limit)
-        return await self._select("query", statement)
-
-    async def get(self, tenant_id: str, event_id: str) -> StoredEvent | None:
-        """The tenant's event with this id, or None (also when another tenant has it)."""
-        statement = Statement(
-            f"SELECT {EVENT_COLUMNS} FROM audit_events "  # noqa: S608 - fixed text
-            "WHERE tenant_id = ? AND event_id = ?",
-            (tenant_id, event_id),
-        )
-        rows = await self._select("get", statement)
-        return rows[0] if rows else None
 
     async def delete_older_than(self, cutoff_ms: int, batch: int = 10_000) -> int:
         """Delete every event with ``timestamp_ms < cutoff_ms``, ``batch`` rows per
