@@ -84,8 +84,7 @@ class UploadQueue:
         self._hurry_all = False
         self._hurry_partitions: set[int] = set()
         self._running: set[Upload] = set()
-        self._waiting = 0
-        self._waiting_memory = 0
+        self._waiting_memory = 0  # content in memory of the files that wait
         self._files = 0  # not yet written: waiting or running
         self._events = 0
         self._by_dest: Counter[StorageDestination] = Counter()
@@ -98,7 +97,7 @@ class UploadQueue:
     @property
     def waiting(self) -> int:
         """Files waiting for an upload slot."""
-        return self._waiting
+        return len(self._normal) + sum(len(heap) for heap in self._hurried.values())
 
     @property
     def running(self) -> int:
@@ -132,7 +131,7 @@ class UploadQueue:
         upload.seq = next(self._seq)
         upload.hurried = self._hurry_all or upload.partition in self._hurry_partitions
         size = upload.file.memory_bytes
-        ahead = bool(self._hurried) if upload.hurried else bool(self._waiting)
+        ahead = bool(self._hurried) if upload.hurried else bool(self.waiting)
         at_once = not ahead and self.running < self._slots(upload)
         if not at_once and size and self._waiting_memory + size > self._budget():
             upload.file.spill(self._settings.spill_dir)
@@ -162,7 +161,6 @@ class UploadQueue:
         moved = [u for u in self._normal if hurried(u)]
         self._normal = deque(u for u in self._normal if not hurried(u))
         for upload in moved:
-            self._waiting -= 1
             self._waiting_memory -= upload.memory
             upload.hurried = True
             self._enqueue(upload)
@@ -205,7 +203,6 @@ class UploadQueue:
         for partition in [p for p in self._hurried if partitions is None or p in partitions]:
             dropped.extend(u for _, _, u in self._hurried.pop(partition))
         for upload in dropped:
-            self._waiting -= 1
             self._waiting_memory -= upload.memory
             self._forget(upload)
         for upload in list(self._running):
@@ -238,7 +235,6 @@ class UploadQueue:
             else:
                 del self._hurried[partition]
         for upload in dropped:
-            self._waiting -= 1
             self._waiting_memory -= upload.memory
             self._forget(upload)
         self._gauges()
@@ -268,7 +264,6 @@ class UploadQueue:
         return self._drain_limit if upload.hurried else self._limit
 
     def _enqueue(self, upload: Upload) -> None:
-        self._waiting += 1
         self._waiting_memory += upload.memory
         if upload.hurried:
             heap = self._hurried.setdefault(upload.partition, [])
@@ -289,7 +284,6 @@ class UploadQueue:
         elif self._normal and running < self._limit:
             upload = self._normal.popleft()
         if upload is not None:
-            self._waiting -= 1
             self._waiting_memory -= upload.memory
         return upload
 
@@ -327,6 +321,6 @@ class UploadQueue:
     def _gauges(self) -> None:
         metrics = self._metrics
         metrics.uploading.set(self._files)
-        metrics.waiting.set(self._waiting)
+        metrics.waiting.set(self.waiting)
         metrics.closed_memory.set(self._memory)
         metrics.closed_disk.set(self._disk)
