@@ -21,20 +21,8 @@ How the webhook transport (``connectors.webhook.transport``, over its own HTTP/1
   window. TLS still verifies the URL's host name (SNI and certificate). Redirects are never
   followed, so no other URL is ever fetched.
 
-For aiohttp users, ``guarded_session(policy, allow_http=...)`` combines the same pieces:
-
-* ``guarded_connector``: every host name is resolved through ``GuardedResolver``, which drops
-  refused addresses. ``TCPConnector`` connects to exactly the addresses the resolver returned
-  (``_convert_hosts_to_addr_infos`` builds numeric addr_infos from them), so the address checked
-  is the address connected to: no DNS-rebinding window. Its DNS cache only holds checked answers;
-* ``policy.client_middleware``: aiohttp never asks the resolver about IP-literal hosts, so every
-  request, redirects included, also goes through check_url (literals, scheme, credentials).
-
-DestinationRefused is not an OSError, so aiohttp 3.14 does not wrap it (its connector wraps only
-OSErrors from the resolver, in ClientConnectorDNSError): it leaves ``session.request()`` as
-itself, not as an ``aiohttp.ClientError`` -- a refusal is a configuration error, not a transient
-failure to retry. Callers catch ``DestinationRefused``; ``find_refusal(exc)`` also finds it in a
-cause chain, should a future aiohttp wrap it.
+DestinationRefused is not an OSError: a refusal is a configuration error for that tenant, not a
+transient failure to retry.
 """
 
 from __future__ import annotations
@@ -42,8 +30,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -55,9 +42,6 @@ __all__ = [
     "GuardedResolver",
     "IPAddress",
     "IPNetwork",
-    "find_refusal",
-    "guarded_connector",
-    "guarded_session",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -115,18 +99,6 @@ class DestinationRefused(Exception):
         super().__init__(reason)
         self.host = host
         self.reason = reason
-
-
-def find_refusal(exc: BaseException) -> DestinationRefused | None:
-    """The DestinationRefused that is ``exc`` or caused it (``__cause__``/``__context__``)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, DestinationRefused):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def _embedded_ipv4(ip: IPAddress) -> tuple[ipaddress.IPv4Address, str] | None:
@@ -198,40 +170,17 @@ class AddressPolicy:
             if ":" in host or host.replace(".", "").isdigit():
                 raise DestinationRefused(host, f"{host} is not a canonical IP address") from None
             return
-        # TCPConnector._resolve_host returns IP-literal hosts as they are, without calling the
-        # resolver (aiohttp 3.14 connector.py), so GuardedResolver never sees them: check here.
+        # An IP-literal host is never resolved, so GuardedResolver never sees it: check here.
         category = self.refusal(ip)
         if category is not None:
             raise DestinationRefused(host, f"{host} is {category}; {_HINT}")
-
-    def client_middleware(self, *, allow_http: bool) -> aiohttp.ClientMiddlewareType:
-        """A ClientSession middleware running check_url on every request, redirects included.
-
-        It also refuses proxied requests (``proxy=`` or ``trust_env``): the proxy, not our
-        resolver, would resolve the destination, so the guard could not vet its address.
-        """
-
-        async def guard(
-            req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-        ) -> aiohttp.ClientResponse:
-            self.check_url(req.url, allow_http=allow_http)
-            if req.proxy is not None:
-                host = req.url.host or ""
-                raise DestinationRefused(
-                    host, f"the request to {host} would go through a proxy, bypassing the guard"
-                )
-            return await handler(req)
-
-        return guard
 
 
 class GuardedResolver(AbstractResolver):
     """Resolves through ``inner`` and drops every address the policy refuses.
 
-    TCPConnector connects to the ``host`` of each result we return (numeric, never resolved
-    again), while TLS still verifies the URL's hostname: ``_create_direct_connection`` passes
-    ``server_hostname=req.server_hostname or host`` for SNI and certificate checks. Through a
-    proxy this resolver would vet the proxy's address, not the destination.
+    The webhook client connects to the numeric ``host`` of each result returned (never
+    resolved again), while TLS still verifies the URL's host name (SNI and certificate).
     """
 
     def __init__(self, policy: AddressPolicy, inner: AbstractResolver | None = None) -> None:
@@ -285,41 +234,3 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self.inner.close()
-
-
-def guarded_connector(
-    policy: AddressPolicy,
-    *,
-    inner_resolver: AbstractResolver | None = None,
-    **connector_kwargs: Any,
-) -> aiohttp.TCPConnector:
-    """A TCPConnector resolving through GuardedResolver; call it inside a running event loop.
-
-    On its own it does not see IP-literal hosts; use guarded_session, or add client_middleware.
-    """
-    if "resolver" in connector_kwargs:
-        raise TypeError("guarded_connector() builds its own resolver; pass inner_resolver")
-    resolver = GuardedResolver(policy, inner_resolver)
-    return aiohttp.TCPConnector(resolver=resolver, **connector_kwargs)
-
-
-def guarded_session(
-    policy: AddressPolicy,
-    *,
-    allow_http: bool,
-    inner_resolver: AbstractResolver | None = None,
-    connector_kwargs: Mapping[str, Any] | None = None,
-    **session_kwargs: Any,
-) -> aiohttp.ClientSession:
-    """A ClientSession with the guarded connector and the URL-checking middleware (first).
-
-    A per-request ``middlewares=`` argument replaces the session's, guard included: don't use it.
-    """
-    if "connector" in session_kwargs:
-        raise TypeError("guarded_session() builds its own connector; pass connector_kwargs")
-    connector = guarded_connector(policy, inner_resolver=inner_resolver, **(connector_kwargs or {}))
-    middlewares = (
-        policy.client_middleware(allow_http=allow_http),
-        *session_kwargs.pop("middlewares", ()),
-    )
-    return aiohttp.ClientSession(connector=connector, middlewares=middlewares, **session_kwargs)

@@ -14,8 +14,6 @@ from connectors.webhook.netguard import (
     AddressPolicy,
     DestinationRefused,
     GuardedResolver,
-    find_refusal,
-    guarded_connector,
 )
 
 pytestmark = pytest.mark.unit
@@ -306,21 +304,3 @@ async def test_default_inner_resolver_is_threaded() -> None:
     import aiohttp
 
     assert isinstance(GuardedResolver(AddressPolicy()).inner, aiohttp.ThreadedResolver)
-
-
-async def test_guarded_connector_builds_its_own_resolver() -> None:
-    with pytest.raises(TypeError, match="own resolver"):
-        guarded_connector(AddressPolicy(), resolver=FakeResolver(["8.8.8.8"]))
-
-
-def test_find_refusal_follows_the_cause_chain() -> None:
-    refused = DestinationRefused("h", "h is a loopback address")
-    try:
-        try:
-            raise refused
-        except DestinationRefused as exc:
-            raise OSError("wrapped") from exc
-    except OSError as outer:
-        assert find_refusal(outer) is refused
-    assert find_refusal(refused) is refused
-    assert find_refusal(ValueError("x")) is None
