@@ -19,7 +19,7 @@ from streams.engine.dispatch import Dispatching
 from streams.engine.dlq import DeadLetter
 from streams.engine.lanes import Custody, Lane, PartitionLanes
 from streams.engine.sink import Envelope, SendResult
-from streams.errors import SinkError
+from streams.errors import DecodeError, SinkError
 
 
 class Delivering(Dispatching):
@@ -43,16 +43,52 @@ class Delivering(Dispatching):
                             part.unpark(lane)
                     break
                 if not lane.in_flight:
-                    take = min(self.sink.max_batch, len(lane.queue))
-                    lane.in_flight = [lane.queue.popleft() for _ in range(take)]
-                    self._buffered -= take
-                    self._in_flight += take
+                    lane.in_flight = self._open(part, lane)
+                    self._in_flight += len(lane.in_flight)
+                    if not lane.in_flight:
+                        continue  # every record taken was dead-lettered
                 await self._send(part, lane)
         finally:
             lane.task = None
             if lane.in_flight and part.revoked:
                 self._in_flight -= len(lane.in_flight)
                 lane.in_flight = []
+
+    def _open(self, part: PartitionLanes, lane: Lane) -> list[Envelope]:
+        """Decode the lane's next queued records into a batch for the sink.
+
+        A record that does not decode, or whose event names another tenant than its key,
+        is dead-lettered here, in its place in the lane (``lane.dead_lettering`` holds the
+        commit point below it until the dead letter is stored).
+        """
+        queue = lane.queue
+        take = min(self.sink.max_batch, len(queue))
+        self._buffered -= take
+        decode = self._codec.decode
+        topic, partition, tenant = self.topic, part.partition, lane.tenant_id
+        batch: list[Envelope] = []
+        for _ in range(take):
+            offset, timestamp_ms, size, value, key = queue.popleft()
+            try:
+                event = decode(value)
+            except DecodeError as exc:
+                problem = (str(exc), type(exc).__name__)
+            else:
+                if event["tenant_id"] == tenant:
+                    batch.append(
+                        Envelope(topic, partition, offset, timestamp_ms, tenant, event, size, value)
+                    )
+                    continue
+                problem = (
+                    f"record key {tenant!r} does not match tenant_id {event['tenant_id']!r}",
+                    "TenantMismatch",
+                )
+            self._dead_letter(
+                part,
+                lane,
+                DeadLetter(topic, partition, offset, timestamp_ms, key, value, *problem, tenant),
+            )
+        return batch
 
     async def _send(self, part: PartitionLanes, lane: Lane) -> None:
         batch = lane.in_flight
@@ -221,7 +257,7 @@ class Delivering(Dispatching):
             dropped = len(lane.queue)
             # Park above what the lane already took: during a re-read, read_pos may lie
             # below records it has in flight.
-            first = lane.queue[0].offset if lane.queue else max(part.read_pos, lane.high_water + 1)
+            first = lane.queue[0][0] if lane.queue else max(part.read_pos, lane.high_water + 1)
             part.park(lane, first)
             self._buffered -= dropped
         await self._sleep_until(time.monotonic() + delay)

@@ -15,7 +15,6 @@ from streams.engine.commits import Committing
 from streams.engine.core import _log
 from streams.engine.dlq import DeadLetter
 from streams.engine.lanes import DLQ_LANE, Lane, PartitionLanes
-from streams.engine.sink import Envelope
 from streams.errors import DecodeError
 
 
@@ -24,12 +23,18 @@ class Dispatching(Committing):
 
     def _dispatch(self, messages: list[Message]) -> None:
         consumed = 0
+        parts = self._parts
+        part: PartitionLanes | None = None
+        number = -1
         for msg in messages:
             err = msg.error()
             if err is not None:
                 self._on_consume_error(msg, err)
                 continue
-            part = self._parts.get(msg.partition() or 0)
+            # Records come in runs of one partition: look it up only when it changes.
+            if msg.partition() != number or part is None:
+                number = msg.partition() or 0
+                part = parts.get(number)
             offset = msg.offset()
             if part is None or part.revoked or offset is None:
                 continue
@@ -40,89 +45,97 @@ class Dispatching(Committing):
             self.metrics.consumed.labels(self.sink.name, self.topic).inc(consumed)
 
     def _take(self, part: PartitionLanes, msg: Message, offset: int) -> None:
-        # The hot path: one call per record, so lookups are inlined (see part.wants).
+        """Queue one record in its tenant's lane, skip it, or dead-letter it.
+
+        The hot path: one call per record, so lookups are inlined (see ``part.wants``). A keyed
+        record is queued as fetched; its lane decodes it when it takes it into a batch
+        (``Delivering._open``), so decoding, and the memory of a decoded event, are paid only
+        for records on their way to the sink. Keyless records are decoded here to find their
+        tenant.
+        """
         key = msg.key()
         value = msg.value() or b""
-        tenant = key.decode("utf-8", "replace") if key else None
-        keyed: Lane | None = None
-        if tenant is not None:
-            # Skip already-acknowledged records before paying for decoding them.
-            keyed = part.lanes.get(tenant) or part.lane(tenant)
-            if offset <= keyed.high_water or (
-                keyed.parked_from is not None and offset >= keyed.parked_from
+        size = len(value)
+        if key:
+            tenant = key.decode("utf-8", "replace")
+            lane = part.lanes.get(tenant) or part.lane(tenant)
+            # Skip already-acknowledged records (re-reads), and those of a parked lane.
+            if offset <= lane.high_water or (
+                lane.parked_from is not None and offset >= lane.parked_from
             ):
                 self.metrics.skipped.labels(self.sink.name).inc()
                 return
-        size = len(value)
-        problem: tuple[str, str] | None = None
-        event = None
-        if size > self.cfg.max_record_bytes:
-            problem = (
-                f"record of {size} bytes exceeds engine.max_record_bytes "
-                f"({self.cfg.max_record_bytes})",
-                "OversizedRecord",
-            )
-        else:
-            try:
-                event = self._codec.decode(value)
-            except DecodeError as exc:
-                problem = (str(exc), type(exc).__name__)
-        if event is not None and tenant is not None and event["tenant_id"] != tenant:
-            problem = (
-                f"record key {tenant!r} does not match tenant_id {event['tenant_id']!r}",
-                "TenantMismatch",
-            )
-        if problem is not None or event is None:
-            reason, cls = problem or ("no event", "DecodeError")
-            # A keyed record is tracked in its key's lane (so a restart finds it through
-            # that tenant's lag); only keyless ones use the dead-letter pseudo-lane.
-            owner = keyed if keyed is not None else part.wants(DLQ_LANE, offset)
-            if owner is None:
+            if size > self.cfg.max_record_bytes:
+                lane.high_water = offset
+                self._dead_letter(
+                    part,
+                    lane,
+                    self._letter(
+                        part, msg, offset, tenant, _oversized(size, self.cfg.max_record_bytes)
+                    ),
+                )
                 return
-            owner.high_water = offset
-            self._dead_letter(
-                part,
-                owner,
-                DeadLetter(
-                    self.topic,
-                    part.partition,
-                    offset,
-                    _timestamp(msg),
-                    key,
-                    value,
-                    reason,
-                    cls,
-                    tenant,
-                ),
-            )
-            return
-        tenant = event["tenant_id"]
-        # A keyed record's lane was looked up already (the key equals tenant_id here).
-        lane = keyed if keyed is not None else part.wants(tenant, offset)
-        if lane is None:
-            self.metrics.skipped.labels(self.sink.name).inc()
-            return
+        else:
+            found = self._keyless_lane(part, msg, offset, size)
+            if found is None:
+                return
+            lane = found
         lane.high_water = offset
         if len(lane.queue) >= self.cfg.lane_max_events:
             # The lane is full: keep what it holds, leave the rest in Kafka for later.
             part.park(lane, offset)
             return
         _, ts = msg.timestamp()
-        lane.queue.append(
-            Envelope(
-                self.topic,
-                part.partition,
-                offset,
-                ts if ts > 0 else int(time.time() * 1000),
-                tenant,
-                event,
-                size,
-                value,
-            )
-        )
+        lane.queue.append((offset, ts if ts > 0 else int(time.time() * 1000), size, value, key))
         self._buffered += 1
         if lane.task is None:
             self._wake(part, lane)
+
+    def _keyless_lane(
+        self, part: PartitionLanes, msg: Message, offset: int, size: int
+    ) -> Lane | None:
+        """The lane of a record without a key (decoded for its tenant_id), or None if the
+        record was skipped or dead-lettered (through the dead-letter pseudo-lane)."""
+        problem: tuple[str, str] | None = None
+        tenant = None
+        if size > self.cfg.max_record_bytes:
+            problem = _oversized(size, self.cfg.max_record_bytes)
+        else:
+            try:
+                tenant = self._codec.decode(msg.value())["tenant_id"]
+            except DecodeError as exc:
+                problem = (str(exc), type(exc).__name__)
+        if tenant is None:
+            owner = part.wants(DLQ_LANE, offset)
+            if owner is not None:
+                owner.high_water = offset
+                reason, cls = problem or ("no event", "DecodeError")
+                self._dead_letter(part, owner, self._letter(part, msg, offset, None, (reason, cls)))
+            return None
+        lane = part.wants(tenant, offset)
+        if lane is None:
+            self.metrics.skipped.labels(self.sink.name).inc()
+        return lane
+
+    def _letter(
+        self,
+        part: PartitionLanes,
+        msg: Message,
+        offset: int,
+        tenant: str | None,
+        problem: tuple[str, str],
+    ) -> DeadLetter:
+        return DeadLetter(
+            self.topic,
+            part.partition,
+            offset,
+            _timestamp(msg),
+            msg.key(),
+            msg.value() or b"",
+            problem[0],
+            problem[1],
+            tenant,
+        )
 
     def _on_consume_error(self, msg: Message, err: KafkaError) -> None:
         if err.code() == KafkaError._AUTO_OFFSET_RESET:  # noqa: SLF001
@@ -202,6 +215,13 @@ class Dispatching(Committing):
             lane.dead_lettering.discard(letter.offset)
 
         future.add_done_callback(stored)
+
+
+def _oversized(size: int, limit: int) -> tuple[str, str]:
+    return (
+        f"record of {size} bytes exceeds engine.max_record_bytes ({limit})",
+        "OversizedRecord",
+    )
 
 
 def _timestamp(msg: Message) -> int:

@@ -168,8 +168,12 @@ async def test_poison_records_reach_the_dlq_with_headers_and_the_partition_moves
     dlq.close()
     assert len(letters) == 5
     classes = []
+    originals = {value: key for key, value in poison}
     for msg in letters:
         headers = {k: v.decode() for k, v in msg.headers() or []}
+        if headers["dlq.error.class"] != "Rejected":
+            # The record as it was on the topic, key and value byte for byte.
+            assert originals[msg.value()] == msg.key()
         assert headers["dlq.connector"] == "test"
         assert headers["dlq.original.topic"] == topics.events
         assert headers["dlq.original.partition"] == "0"

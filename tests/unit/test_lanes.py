@@ -31,6 +31,7 @@ from streams.engine.lanes import (
     Custody,
     Lane,
     PartitionLanes,
+    Queued,
     encode_metadata,
     parse_metadata,
 )
@@ -52,6 +53,19 @@ def envelope(offset: int, tenant: str) -> Envelope:
     event = cast(AuditEvent, {"event_id": f"evt-{offset}", "tenant_id": tenant})
     raw = f"{tenant}:{offset}".encode()
     return Envelope(TOPIC, PARTITION, offset, 1_700_000_000_000 + offset, tenant, event, 8, raw)
+
+
+def queued(offset: int, tenant: str) -> Queued:
+    """A record waiting in a lane, as the engine queues it (not decoded yet)."""
+    raw = f"{tenant}:{offset}".encode()
+    return (offset, 1_700_000_000_000 + offset, 8, raw, tenant.encode())
+
+
+def opened(record: Queued) -> Envelope:
+    """What the engine makes of a queued record when a lane takes it into a batch."""
+    offset, _, _, _, key = record
+    assert key is not None
+    return envelope(offset, key.decode())
 
 
 @dataclass(frozen=True)
@@ -209,7 +223,7 @@ class Driver:
                 elif len(lane.queue) >= self.queue_cap:
                     self.part.park(lane, offset)
                 else:
-                    lane.queue.append(envelope(offset, tenant))
+                    lane.queue.append(queued(offset, tenant))
                 self.taken.append((lane.tenant_id, offset))
                 taken.append(offset)
             self.part.advance(offset)
@@ -222,7 +236,7 @@ class Driver:
         lane = self.part.lanes[tenant]
         if lane.parked_from is not None and offset >= lane.parked_from:
             return  # read again after unpark
-        pending = {e.offset for e in (*lane.queue, *lane.in_flight)}
+        pending = {q[0] for q in lane.queue} | {e.offset for e in lane.in_flight}
         for c in lane.custody:  # a batch in custody: the tenant's events in that range
             pending |= set(range(c.first_offset, c.last_offset + 1))
         pending |= lane.dead_lettering
@@ -239,7 +253,7 @@ class Driver:
         lane = self.part.lanes[tenant]
         if not lane.in_flight:
             take = min(self.batch, len(lane.queue))
-            lane.in_flight = [lane.queue.popleft() for _ in range(take)]
+            lane.in_flight = [opened(lane.queue.popleft()) for _ in range(take)]
         if not lane.in_flight:
             return []
         if ok:
@@ -249,13 +263,9 @@ class Driver:
             return [env.offset for env in batch]
         lane.failures += 1
         if lane.failures >= self.park_after and (lane.queue or lane.parked_from is None):
-            if lane.queue:
-                first = lane.queue[0].offset
-            else:
-                # What runner._after_failure does: during a re-read the read position can be
-                # at or below the batch in flight; the lane's next record is above its high
-                # water.
-                first = max(self.part.read_pos, lane.high_water + 1)
+            # What runner._after_failure does: during a re-read the read position can be at
+            # or below the batch in flight; the lane's next record is above its high water.
+            first = lane.queue[0][0] if lane.queue else max(self.part.read_pos, lane.high_water + 1)
             self.part.park(lane, first)
         return []
 
@@ -448,7 +458,7 @@ def test_each_kind_of_pending_event_holds_the_commit_point(
     lane.high_water = 15
     envs = [envelope(14, "A"), envelope(15, "A")]
     if where == "queue":
-        lane.queue.extend(envs)
+        lane.queue.extend(queued(e.offset, "A") for e in envs)
     elif where == "in_flight":
         lane.in_flight = envs
     elif where == "custody":
@@ -468,7 +478,7 @@ def test_first_pending_is_the_oldest_of_custody_in_flight_and_queue(
 ) -> None:
     lane = Lane("A", high_water=30)
     assert lane.first_pending() is None and lane.idle
-    lane.queue.extend([envelope(25, "A"), envelope(27, "A")])
+    lane.queue.extend([queued(25, "A"), queued(27, "A")])
     assert lane.first_pending() == 25
     lane.in_flight = [envelope(21, "A"), envelope(23, "A")]
     assert lane.first_pending() == 21
@@ -488,8 +498,8 @@ def test_custody_holds_the_commit_point_until_acknowledged_in_order(
     drv.fetch_all()
     drv.send_all("B")
     lane = drv.part.lanes["A"]
-    first = custody(loop, [lane.queue.popleft(), lane.queue.popleft()])
-    second = custody(loop, [lane.queue.popleft(), lane.queue.popleft()])
+    first = custody(loop, [opened(lane.queue.popleft()), opened(lane.queue.popleft())])
+    second = custody(loop, [opened(lane.queue.popleft()), opened(lane.queue.popleft())])
     lane.custody.extend([first, second])
     assert drv.part.commit_point() == 100
     lane.custody.popleft()  # the first batch is durable (_custody_done)
@@ -857,7 +867,7 @@ def test_park_drops_queued_events_from_the_offset_and_skips_the_tenant() -> None
     drv.fetch(8)  # A: 100 102 104 106; B: 101 103 105 107
     lane = drv.part.lanes["A"]
     assert drv.part.park(lane, 104) == 2
-    assert [e.offset for e in lane.queue] == [100, 102]
+    assert [q[0] for q in lane.queue] == [100, 102]
     assert lane.parked_from == 104
     assert drv.part.park(lane, 106) == 0  # parking higher keeps the lower point
     assert lane.parked_from == 104
@@ -879,7 +889,7 @@ def test_park_below_the_parked_point_lowers_it() -> None:
     drv.part.park(lane, 104)
     assert drv.part.park(lane, 101) == 3
     assert lane.parked_from == 101
-    assert [e.offset for e in lane.queue] == [100]
+    assert [q[0] for q in lane.queue] == [100]
 
 
 def test_unpark_requests_a_rewind_and_the_reread_takes_only_the_parked_tenant() -> None:
@@ -1001,7 +1011,7 @@ def test_a_full_lane_parks_and_reads_its_events_again() -> None:
     drv = Driver(Stream.of(100, "A" * 10 + "B"), queue_cap=3)
     drv.fetch_all()
     lane = drv.part.lanes["A"]
-    assert [e.offset for e in lane.queue] == [100, 101, 102]
+    assert [q[0] for q in lane.queue] == [100, 101, 102]
     assert lane.parked_from == 103
     drv.drain()
     assert drv.commit() == (111, "")
@@ -1028,7 +1038,7 @@ def test_forget_idle_drops_only_idle_lanes_below_the_last_commit(
     make("idle-below", 79)
     make("idle-at", 80)
     make("idle-above", 95)
-    make("queued", 60).queue.append(envelope(60, "queued"))
+    make("queued", 60).queue.append(queued(60, "queued"))
     make("in-flight", 61).in_flight = [envelope(61, "in-flight")]
     make("custody", 62).custody.append(custody(loop, [envelope(62, "custody")]))
     make("dead-lettering", 63).dead_lettering.add(63)
@@ -1155,9 +1165,12 @@ def test_a_custody_failure_below_an_in_flight_batch_holds_the_commit_point(
     drv.fetch_all()
     drv.send_all("B")
     lane = drv.part.lanes["A"]
-    held = custody(loop, [lane.queue.popleft(), lane.queue.popleft()])  # 100, 101
+    held = custody(loop, [opened(lane.queue.popleft()), opened(lane.queue.popleft())])  # 100, 101
     lane.custody.append(held)
-    lane.in_flight = [lane.queue.popleft(), lane.queue.popleft()]  # 102, 103 being sent
+    lane.in_flight = [
+        opened(lane.queue.popleft()),
+        opened(lane.queue.popleft()),
+    ]  # 102, 103 being sent
     # runner._custody_done when the custody batch fails while the next batch is in flight:
     lane.custody.clear()
     lane.queue.clear()
