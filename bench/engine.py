@@ -1,14 +1,14 @@
 """Delivery engine throughput and bounded memory, against the raw ceiling of the same run.
 
     .venv/bin/python bench/engine.py [--count 500000] [--tenants 200] [--partitions 12]
-                                     [--backlog 1000000] [--rounds 3] [--skip-rss] [--profile]
+                                     [--backlog 1000000] [--rounds 4] [--skip-rss] [--profile]
                                      [--bootstrap HOST:PORT]
 
 (1) throughput: N events published with the real publisher; the ceiling (bare consumer,
     decode + JSON encode) is measured on that topic; then the Engine runs in this process
     with a no-op sink (acknowledges everything, max_batch 500) in a fresh consumer group from
     the beginning until the sink has acknowledged all N events. Ceiling and engine alternate
-    for --rounds rounds; the verdict is the median ratio (the machine's speed drifts).
+    (ABBA) for --rounds rounds; the verdict is the median ratio (the machine's speed drifts).
 (2) bounded memory (unless --skip-rss): a backlog topic (1M events by default) where one
     tenant's destination is dead (its sink raises SinkError for the whole run) and every
     other tenant is healthy. The Engine runs with the default caps in a child process
@@ -316,7 +316,7 @@ def _produce_copies(job: tuple[str, str, int, int, int, int]) -> tuple[dict[str,
             failed += 1
 
     counts: Counter[str] = Counter()
-    headers = [("content-type", CONTENT_TYPE)]
+    headers: list[tuple[str, str | bytes | None]] = [("content-type", CONTENT_TYPE)]
     for i in range(start, stop):
         event = dict(base[i % BASE_EVENTS])
         event["event_id"] = f"evt_c{i:011d}"
@@ -544,7 +544,9 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=200)
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--backlog", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=3, help="ceiling/engine pairs (median)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="ceiling/engine pairs, ABBA order (median)"
+    )
     parser.add_argument("--skip-rss", action="store_true", help="skip the bounded-memory part")
     parser.add_argument("--profile", action="store_true", help="extra cProfiled engine pass")
     parser.add_argument("--bootstrap", default=None, help="use this cluster instead of a new one")
@@ -577,15 +579,25 @@ def _main(args: argparse.Namespace, time_left: Any, summary: list[str]) -> None:
         print(f"  publish (validate + encode + produce):  {produced}", flush=True)
         _common.warm_group_coordinator(kafka, topics.events)
         # The machine's speed drifts between runs (shared host, 2 cores): ceiling and engine
-        # alternate in each round, and the verdict is the median of the per-round ratios.
+        # alternate in each round, in the order ABBA (the ceiling first in odd rounds, the
+        # engine first in even ones, so a steady drift favours neither), and the verdict is
+        # the median of the per-round ratios.
         ratios: list[float] = []
         for number in range(1, args.rounds + 1):
+            engine_first = number % 2 == 0
+            print(
+                f"  round {number}/{args.rounds} ({'engine' if engine_first else 'ceiling'} first)",
+                flush=True,
+            )
+            if engine_first:
+                with _common.GcClock() as engine_gc:
+                    run, rss_delta, _ = run_throughput(kafka, topics, args.count, time_left())
             with _common.GcClock() as ceiling_gc:
                 ceiling = _common.ceiling(kafka, topics.events, args.count)
-            print(f"  round {number}/{args.rounds}", flush=True)
             print(f"  ceiling (consume + decode + JSON):      {ceiling}; {ceiling_gc}", flush=True)
-            with _common.GcClock() as engine_gc:
-                run, rss_delta, _ = run_throughput(kafka, topics, args.count, time_left())
+            if not engine_first:
+                with _common.GcClock() as engine_gc:
+                    run, rss_delta, _ = run_throughput(kafka, topics, args.count, time_left())
             print(f"  engine pass: {engine_gc}")
             for line in describe_run(run, ceiling):
                 print(line)
