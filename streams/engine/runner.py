@@ -142,6 +142,7 @@ class Engine(Delivering):
             # The prefetch queue is most of the process's memory (bench/engine.py: 8 MiB kept
             # the full rate on a local broker, at 65 MiB less RSS than 32 MiB).
             "queued.max.messages.kbytes": 8192,
+            "fetch.max.bytes": self.cfg.fetch_max_bytes,
             # librdkafka pauses fetching for fetch.queue.backoff.ms (1 s by default) whenever
             # that queue is full; at our drain rate that idles the poll loop.
             "fetch.queue.backoff.ms": 10,
