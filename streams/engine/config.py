@@ -53,8 +53,8 @@ class EngineConfig(BaseModel):
         ge=1_048_576,
         description="Most bytes one fetch response may carry (librdkafka fetch.max.bytes, 50 MiB "
         "by default there). Fetch buffers are most of the process's memory: over 300,000 "
-        "events in bench conditions RSS grew by 109 MiB at librdkafka's default and by 75 MiB "
-        "at 4 MiB, at the same rate on a local broker. Raise it for a distant broker.",
+        "events RSS grew by 135 MiB at librdkafka's default and by 75 MiB at 4 MiB, with "
+        "less CPU per event, on a local broker (docs/engine.md). Raise it for a distant broker.",
     )
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
     session_timeout_ms: int = Field(default=45_000, ge=6000)
