@@ -73,9 +73,10 @@ class EngineConfig(BaseModel):
         default=50_000,
         ge=0,
         description="Allocations between two young-generation runs of Python's cyclic garbage "
-        "collector while the engine runs (process-wide; 0 keeps Python's 700). Events wait in "
-        "lanes long enough to be scanned again and again at 700: about a tenth of the "
-        "engine's CPU in bench/engine.py. Only reference cycles wait longer to be freed.",
+        "collector while the engine runs (process-wide; 0 keeps Python's 700). Worth about a "
+        "tenth of the engine's CPU while lanes held decoded events; since they hold records "
+        "as fetched it is within the benchmark's noise, and it stays for sinks that hold many "
+        "decoded events. Only reference cycles wait longer to be freed.",
     )
     tenant_labels: bool = Field(
         default=False, description="Add tenant ids to lane metrics (unbounded labels)."
