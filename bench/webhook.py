@@ -28,7 +28,10 @@ time (time.time()) of each id's first copy.
     p50/p99/max, next to the same events' latency to a bare consumer in this script (the
     Kafka path alone, polling without waiting for a batch to fill).
 After each phase the connector is stopped (SIGTERM: drain and commit) and what the receiver
-got is checked against what was published: duplicates, missing, tenants out of order.
+got is checked against what was published: duplicates, missing, tenants out of order. Each
+delivery phase also prints the connector's CPU per event (all its threads, readiness to the last
+event) next to the ceiling's (this process while it consumed, decoded and encoded): when other
+processes take the cores, rates swing by a third within minutes and CPU per event much less.
 With --profile, extra passes (1 and 100 events per POST) run the connector under cProfile
 (the asyncio loop thread only) and print where its time goes.
 
@@ -349,6 +352,7 @@ class Delivery:
     sizes: dict[int, int]
     arrivals: list[float]  # first-arrival times, sorted
     cpu: str
+    connector_cpu: float  # the connector's CPU seconds (all threads) over the same span as cpu
     slowest_lane: str
     metrics: dict[str, float]
     check: _common.Check
@@ -428,6 +432,7 @@ def run_delivery(
         sizes={int(k): v for k, v in stats["sizes"].items()},
         arrivals=sorted(stats["arrival"].values()),
         cpu=_common.describe_cpu(before, after),
+        connector_cpu=after.connector - before.connector,
         slowest_lane=slowest_lane(stats, progress["first"]),
         metrics=metrics,
         check=_common.verify(expected, stats["by_tenant"]),
@@ -622,6 +627,7 @@ def describe_delivery(run: Delivery, ceiling: _common.Rate) -> list[str]:
         f"  {run.requests} POSTs, {mean_size:.1f} events per POST on average "
         f"(largest sizes, size: POSTs: {top_sizes})",
         f"  {run.cpu}",
+        f"  {cpu_per_event(run, ceiling)}",
         f"  {run.slowest_lane}",
         f"  check: {run.check}",
         f"  connector stopped (SIGTERM) in {run.stop_seconds:.2f} s, exit code {run.exit_code}",
@@ -634,6 +640,19 @@ def describe_delivery(run: Delivery, ceiling: _common.Rate) -> list[str]:
     if run.logs:
         lines.append(f"  connector log lines: {run.logs}")
     return lines
+
+
+def cpu_per_event(run: Delivery, ceiling: _common.Rate) -> str:
+    """CPU per event of the connector next to the ceiling's: steadier than rates when other
+    processes take the cores, since neither figure counts time spent waiting for a core."""
+    connector = run.connector_cpu / max(run.events, 1) * 1e6
+    if ceiling.cpu_seconds is None:
+        return f"CPU per event: connector {connector:.1f} us"
+    ceiling_us = ceiling.cpu_seconds / max(ceiling.events, 1) * 1e6
+    return (
+        f"CPU per event: connector {connector:.1f} us, ceiling {ceiling_us:.1f} us "
+        f"(ceiling/connector = {ceiling_us / max(connector, 1e-9):.2f}x)"
+    )
 
 
 def target(met: bool) -> str:
@@ -742,7 +761,12 @@ def _main(args: argparse.Namespace, time_left: Callable[[], float], summary: lis
         print(f"  publish (validate + encode + produce):  {produced}", flush=True)
         ceiling = _common.ceiling(kafka, topics.events, args.count)
         _common.warm_group_coordinator(kafka, topics.events)
-        print(f"\n[2] ceiling (consume + decode + JSON):   {ceiling}", flush=True)
+        ceiling_cpu = (ceiling.cpu_seconds or 0.0) / max(ceiling.events, 1) * 1e6
+        print(
+            f"\n[2] ceiling (consume + decode + JSON):   {ceiling} "
+            f"({ceiling_cpu:.1f} us CPU per event)",
+            flush=True,
+        )
         summary.append(f"ceiling {ceiling.per_second:,.0f} events/s; receiver {scheme}")
 
         even_topics: TopicsConfig | None = None
@@ -787,7 +811,8 @@ def _main(args: argparse.Namespace, time_left: Callable[[], float], summary: lis
                 f"/readyz = "
                 f"{_common.ratio(run.rate, ceiling)} ceiling (from launch "
                 f"{run.rate_from_launch.per_second:,.0f}/s = "
-                f"{_common.ratio(run.rate_from_launch, ceiling)}); {goal}"
+                f"{_common.ratio(run.rate_from_launch, ceiling)}); {goal}; "
+                f"{cpu_per_event(run, ceiling)}"
             )
 
         for per_request in (1, BATCHED) if args.profile else ():

@@ -171,11 +171,11 @@ def batch_message_id(event_ids: Sequence[str]) -> str:
         raise TypeError("event_ids must be a sequence of event ids, not a single string")
     if not event_ids:
         raise ValueError("a webhook batch needs at least one event id")
-    for event_id in event_ids:
-        # A newline inside an id would let two different batches join to the same text.
-        if not event_id or "\n" in event_id:
-            raise ValueError("event ids in a webhook batch must be non-empty and newline-free")
+    joined = "\n".join(event_ids)
+    # A newline inside an id would let two different batches join to the same text. Checked on
+    # the joined text (one scan in C, not a Python loop over a hundred ids per request).
+    if joined.count("\n") != len(event_ids) - 1 or "" in event_ids:
+        raise ValueError("event ids in a webhook batch must be non-empty and newline-free")
     if len(event_ids) == 1:
-        return event_ids[0]
-    digest = hashlib.sha256("\n".join(event_ids).encode("utf-8")).hexdigest()
-    return "batch_" + digest[:32]
+        return joined
+    return "batch_" + hashlib.sha256(joined.encode("utf-8")).hexdigest()[:32]

@@ -89,6 +89,16 @@ class WebhookMetrics:
             "Multi-event requests split in half after HTTP 413.",
             registry=registry,
         )
+        # The per-status-class children, looked up once (labels() costs more than inc()).
+        self._answered: dict[int, Counter] = {}
+
+    def answered(self, status: int) -> None:
+        """Count one request answered with HTTP ``status``."""
+        status_class = status // 100
+        child = self._answered.get(status_class)
+        if child is None:
+            child = self._answered[status_class] = self.requests.labels(f"{status_class}xx")
+        child.inc()
 
 
 class WebhookSink:
@@ -182,7 +192,8 @@ class WebhookSink:
             )
         take = min(len(batch), route.cap)
         while True:
-            answer = await self._post(tenant_id, route, batch[:take])
+            events = batch if take == len(batch) else batch[:take]
+            answer = await self._post(tenant_id, route, events)
             status = answer.status
             if 200 <= status < 300:
                 self.health.success(tenant_id, route.endpoint)
@@ -218,7 +229,7 @@ class WebhookSink:
             raise self._failed(tenant_id, route, f"{route.endpoint}: {exc.reason}") from None
         finally:
             self.metrics.seconds.observe(time.perf_counter() - began)
-        self.metrics.requests.labels(f"{answer.status // 100}xx").inc()
+        self.metrics.answered(answer.status)
         return answer
 
     def _answer_failure(self, tenant_id: str, route: _Route, answer: Answer) -> SinkError:
