@@ -175,6 +175,12 @@ class WebhookSink:
 
     # --- delivery -------------------------------------------------------------------------
 
+    def batch_limit(self, tenant_id: str) -> int:
+        """Events the next request for this tenant carries at most (the engine decodes only
+        those): the destination's ``max_events_per_request``, halved after a 413."""
+        route = self._route(tenant_id)
+        return self.max_batch if route is None else route.cap
+
     async def send(self, tenant_id: str, batch: Sequence[Envelope]) -> SendResult | None:
         route = self._route(tenant_id)
         if route is None:

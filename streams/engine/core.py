@@ -65,6 +65,7 @@ class EngineCore:
         self.group_id = self.cfg.group_id or f"siem-export-{sink.name}"
         self.metrics = EngineMetrics(registry or REGISTRY, sink.name)
         self._codec = codec or AuditEventCodec()
+        self._batch_limit: Callable[[str], int] | None = getattr(sink, "batch_limit", None)
         self._dlq = DeadLetterQueue(kafka, topics.dlq, sink.name)
         self._parts: dict[int, PartitionLanes] = {}
         self._new_parts: list[PartitionLanes] = []

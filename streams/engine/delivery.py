@@ -62,7 +62,7 @@ class Delivering(Dispatching):
         commit point below it until the dead letter is stored).
         """
         queue = lane.queue
-        take = min(self.sink.max_batch, len(queue))
+        take = min(self._take_limit(lane.tenant_id), len(queue))
         self._buffered -= take
         decode = self._codec.decode
         topic, partition, tenant = self.topic, part.partition, lane.tenant_id
@@ -89,6 +89,18 @@ class Delivering(Dispatching):
                 DeadLetter(topic, partition, offset, timestamp_ms, key, value, *problem, tenant),
             )
         return batch
+
+    def _take_limit(self, tenant_id: str) -> int:
+        """How many records a lane decodes into its next batch (``Sink.batch_limit``)."""
+        most = self.sink.max_batch
+        if self._batch_limit is None:
+            return most
+        try:
+            limit = int(self._batch_limit(tenant_id))
+        except Exception:  # noqa: BLE001 - a sink bug must not stop the lane
+            _log.exception("The sink's batch_limit failed.", extra={"tenant": tenant_id})
+            return most
+        return min(max(limit, 1), most)
 
     async def _send(self, part: PartitionLanes, lane: Lane) -> None:
         batch = lane.in_flight

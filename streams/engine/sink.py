@@ -25,6 +25,15 @@ optional methods, called on the event loop:
 * ``forget(partitions: list[int]) -> None``: those partitions are no longer ours (revoked and
   committed, or lost): drop what is still open for them and write nothing more for them; the
   new owner reads those events again from the committed offset.
+
+A sink that takes fewer events per send for some tenants than ``max_batch`` (a webhook
+destination sending 1 or 100 events per request, say) may define:
+
+* ``batch_limit(tenant_id: str) -> int``: the most events its next ``send`` for that tenant
+  will settle. The engine decodes a lane's records only when it takes them into a batch, so
+  offering what one send takes keeps decoded events few and freshly decoded. Called on the
+  event loop each time a lane opens a batch: it must be cheap. Values are clamped to
+  ``1..max_batch``; if it raises, ``max_batch`` is used.
 """
 
 from __future__ import annotations

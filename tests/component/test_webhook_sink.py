@@ -345,7 +345,10 @@ async def test_413_halves_the_request_in_order(
     rig = make_rig({TENANT: hook(f"{receiver.base}/in", ca_bundle, max_events_per_request=8)})
     receiver.answer = too_large_over_two
     batch = envelopes(TENANT, 10)
+    # What the engine decodes into a lane's batch follows the request size (Sink.batch_limit).
+    assert rig.sink.batch_limit(TENANT) == 8
     assert await rig.sink.send(TENANT, batch) == SendResult(settled=2)
+    assert rig.sink.batch_limit(TENANT) == 2
     assert [len(hit.events()) for hit in receiver.hits] == [8, 4, 2]
     ids = [env.event["event_id"] for env in batch]
     assert [[e["event_id"] for e in hit.events()] for hit in receiver.hits] == [
@@ -530,6 +533,8 @@ async def test_unrouted_tenants_are_acknowledged_without_a_request(
     make_rig: RigFn, receiver: Receiver, ca_bundle: Path
 ) -> None:
     rig = make_rig({OTHER: hook(f"{receiver.base}/in", ca_bundle)})
+    assert rig.sink.batch_limit(TENANT) == rig.sink.max_batch  # acknowledged in bulk
+    assert rig.sink.batch_limit(OTHER) == 1  # one event per request by default
     assert await rig.sink.send(TENANT, envelopes(TENANT, 3)) is None
     assert receiver.hits == []
     assert rig.metric("siem_export_webhook_unrouted_events_total") == 3

@@ -7,7 +7,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -334,3 +334,47 @@ def test_the_broker_refuses_metadata_of_exactly_the_limit_so_the_engine_stays_be
             )
     finally:
         consumer.close()
+
+
+class LimitingSink(RecordingSink):
+    """A sink that takes at most ``limits[tenant]`` events per send (``batch_limit``); a tenant
+    without a limit makes ``batch_limit`` raise."""
+
+    def __init__(self, limits: dict[str, int]) -> None:
+        super().__init__(max_batch=50, delay=0.02)
+        self.limits = limits
+        self.sizes: dict[str, list[int]] = {}
+
+    def batch_limit(self, tenant_id: str) -> int:
+        if tenant_id not in self.limits:
+            raise RuntimeError(f"no limit for {tenant_id}")
+        return self.limits[tenant_id]
+
+    async def send(self, tenant_id: str, batch: Sequence[Envelope]) -> SendResult | None:
+        self.sizes.setdefault(tenant_id, []).append(len(batch))
+        return await super().send(tenant_id, batch)
+
+
+async def test_a_sinks_batch_limit_bounds_what_a_lane_decodes_into_a_batch(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topics = fresh_topics(kafka_bootstrap, partitions=1)
+    events = publish(kafka_bootstrap, topics.events, 600, 3, seed=12)
+    by_tenant: dict[str, list[str]] = {}
+    for event in events:
+        by_tenant.setdefault(event["tenant_id"], []).append(event["event_id"])
+    three, zero, broken = sorted(by_tenant)
+    sink = LimitingSink({three: 3, zero: 0})
+    engine = _engine(kafka_bootstrap, topics, sink, "eng-limit")
+    run = asyncio.create_task(engine.run())
+    await _until(lambda: sink.count() >= len(events))
+    engine.request_stop()
+    await run
+
+    for tenant, ids in by_tenant.items():
+        assert [d[2] for d in sink.delivered[tenant]] == ids  # all of them, in order
+    assert max(sink.sizes[three]) == 3
+    assert set(sink.sizes[zero]) == {1}  # clamped to at least one event
+    # A failing batch_limit falls back to max_batch (the backlog builds during the delays).
+    assert 3 < max(sink.sizes[broken]) <= 50
+    assert any("batch_limit failed" in r.getMessage() for r in caplog.records)
