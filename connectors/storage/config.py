@@ -248,6 +248,13 @@ class StorageDestination(BaseModel):
         default="gzip",
         description="gzip (objects end in .gz; content type application/gzip) or none.",
     )
+    compression_level: int | None = Field(
+        default=None,
+        ge=1,
+        le=9,
+        description="gzip level of this destination's files, 1 fastest to 9 smallest (default: "
+        "the process's SIEM_EXPORT_STORAGE__COMPRESSION_LEVEL, 6). Ignored without gzip.",
+    )
     interval: float = Field(
         default=300.0,
         ge=1,

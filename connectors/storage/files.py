@@ -3,10 +3,11 @@
 Who calls it: the storage sink keeps one :class:`FileBuilder` per open (tenant, partition)
 file. Steps:
 
-1. ``add`` each event, in partition order.
+1. ``add_batch`` the events (``add`` one event), in partition order.
 2. Ask ``should_close`` after each batch, and again when the idle timer set from ``deadline``
    fires, so files close on time even when no event comes.
-3. ``finish``: the builder hands over a :class:`FinishedFile`; name it with
+3. ``finish`` (or ``finish_async``, whose future gives it, when a ``CompressionWorker``
+   completes the file): the builder hands over a :class:`FinishedFile`; name it with
    ``naming.object_key`` and give a writer ``size``, ``read_part`` (or ``open``),
    ``content_type``, ``metadata()`` and ``sha256``. Send no Content-Encoding: the object IS
    the gzip file, and the digest is the digest of its bytes.
@@ -20,6 +21,8 @@ Content:
 * jsonl: every event's JSON followed by ``\\n``; json: ``[e1,e2,…]`` (no whitespace).
 * gzip: compressed as events arrive (one gzip member, header time 0), so the same events
   always give the same bytes and the same SHA-256: a replayed file is identical to the first.
+  With a :class:`CompressionWorker` the compression (and the digest of its output) runs in
+  its thread, a chunk at a time and in order; the bytes are the same.
 
 Memory: stored bytes (compressed, if gzip) stay in memory up to ``spill_threshold_bytes``;
 the chunk that would pass it moves the whole content to an anonymous temporary file in
@@ -29,24 +32,26 @@ gzip file holds zlib's state (about 256 KiB at most), and each spilled file one 
 A finished file still in memory can be moved to such a file with ``FinishedFile.spill`` (the
 sink does it for files that must wait for an upload slot).
 
-Not thread-safe, except ``FinishedFile.read_part``, which reads at explicit positions and may
-run in worker threads while the event loop goes on.
+Not thread-safe (one builder belongs to one thread, the worker's part of it to the worker),
+except ``FinishedFile.read_part``, which reads at explicit positions and may run in worker
+threads while the event loop goes on.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import io
 import os
 import tempfile
 import threading
 import time
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, BinaryIO
 
+from connectors.storage.compression import CompressionWorker, FileOutput
 from connectors.storage.config import (
     Compression,
     FileFormat,
@@ -68,12 +73,21 @@ CONTENT_TYPES: dict[tuple[FileFormat, Compression], str] = {
 """Content-Type of the objects. gzip files are stored as gzip, not with Content-Encoding:
 downloads must give the bytes the SHA-256 was computed on."""
 
+
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-_GZIP_WBITS = 16 + zlib.MAX_WBITS  # deflate in a gzip wrapper
 _LAZY_GZIP_BYTES = 32 * 1024
-"""Uncompressed bytes a gzip file holds before it starts its compressor (see FileBuilder)."""
+"""Uncompressed bytes a gzip file collects before compressing them (see FileBuilder)."""
+WORKER_CHUNK_BYTES = 256 * 1024
+"""With a CompressionWorker: uncompressed bytes a gzip file collects before handing them to
+the worker (few hand-offs: each costs the worker a wait for the GIL)."""
+WORKER_IDLE_CHUNK_BYTES = 64 * 1024
+"""With a CompressionWorker that has nothing to do: a file hands over what it collected from
+this size on, so that little is left to compress when files close together (at shutdown)."""
+INLINE_FINISH_BYTES = 64 * 1024
+"""With a CompressionWorker: a file that never handed anything over and holds less than this
+is compressed by ``finish_async``'s caller at once (no hand-off for small files)."""
 
 
 class FileBuilder:
@@ -88,30 +102,30 @@ class FileBuilder:
         spill_dir: Path | None = None,
         compression_level: int = 6,
         clock: Callable[[], float] = time.monotonic,
+        worker: CompressionWorker | None = None,
     ) -> None:
         if spill_threshold_bytes < 0:
             raise ValueError("spill_threshold_bytes must not be negative")
         self.file_format: FileFormat = file_format
         self.compression: Compression = compression
-        self._threshold = spill_threshold_bytes
-        self._spill_dir = spill_dir
+        self._gzip = compression == "gzip"
         self._clock = clock
-        self._level = compression_level
+        self._worker = worker if self._gzip else None
         # zlib's compressor state costs ~150 KiB: a small file (most of them, with thousands of
-        # tenants) keeps its first _LAZY_GZIP_BYTES uncompressed instead and is compressed in
-        # one go when it finishes; deflate gives the same bytes however the input is fed.
-        self._compressor: zlib._Compress | None = None
+        # tenants) keeps its start uncompressed and is compressed in one go when it finishes;
+        # deflate gives the same bytes however the input is fed. Later content is collected
+        # the same way and compressed a chunk at a time (in the worker, if there is one).
+        chunk = WORKER_CHUNK_BYTES if self._worker is not None else _LAZY_GZIP_BYTES
+        self._chunk = min(chunk, spill_threshold_bytes)  # 0 keeps nothing in memory, raw or not
+        self._idle_chunk = min(WORKER_IDLE_CHUNK_BYTES, self._chunk)
+        self._out = FileOutput(compression_level, spill_threshold_bytes, spill_dir)
         self._raw = bytearray()
-        self._memory = bytearray()
-        self._file: IO[bytes] | None = None
-        self._hash = hashlib.sha256()
         self._count = 0
         self._first_offset: int | None = None
         self._last_offset: int | None = None
         self._first_timestamp_ms: int | None = None
         self._opened_at: float | None = None
         self._uncompressed = 0
-        self._stored = 0
         self._state = "open"  # open | finished | discarded | broken
 
     @classmethod
@@ -121,6 +135,7 @@ class FileBuilder:
         settings: StorageSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        worker: CompressionWorker | None = None,
     ) -> FileBuilder:
         """A builder with the destination's format and compression and the process's spill
         settings."""
@@ -129,8 +144,9 @@ class FileBuilder:
             compression=dest.compression,
             spill_threshold_bytes=settings.spill_threshold_bytes,
             spill_dir=settings.spill_dir,
-            compression_level=settings.compression_level,
+            compression_level=dest.compression_level or settings.compression_level,
             clock=clock,
+            worker=worker,
         )
 
     @property
@@ -163,47 +179,69 @@ class FileBuilder:
 
     @property
     def stored_bytes(self) -> int:
-        """Bytes produced so far (compressed if gzip); zlib may still hold some back."""
-        return self._stored
+        """Bytes produced so far (compressed, if gzip); zlib, the collected uncompressed
+        content and the worker may still hold some back."""
+        return self._out.stored
 
     @property
     def memory_bytes(self) -> int:
-        """Content held in memory: stored bytes until the file spills, plus the start of a
-        gzip file not yet compressed (at most _LAZY_GZIP_BYTES)."""
-        return len(self._memory) + len(self._raw)
+        """Content held in memory: stored bytes until the file spills, plus the uncompressed
+        content of a gzip file not yet compressed (less than a chunk; chunks handed to the
+        worker and not yet compressed are the worker's, bounded all files together)."""
+        return len(self._out.memory) + len(self._raw)
 
     @property
     def disk_bytes(self) -> int:
         """Content in the temporary file (0 until the file spills)."""
-        return self._stored if self._file is not None else 0
+        out = self._out
+        return out.stored if out.file is not None else 0
 
     @property
     def spilled(self) -> bool:
         """True once the content lives in a temporary file."""
-        return self._file is not None
+        return self._out.file is not None
 
     def add(self, json_bytes: bytes, offset: int, timestamp_ms: int) -> None:
-        """Append one event's JSON (one line, no ``\\n``) at ``offset`` of the partition.
+        """Append one event's JSON (one line, no ``\\n``) at ``offset`` of the partition;
+        ``add_batch`` of one event."""
+        self.add_batch((json_bytes,), offset, offset, timestamp_ms)
 
-        Offsets must increase: a smaller or equal one is a bug upstream and raises ValueError
-        before anything is written. An OSError (disk full while spilling) leaves the builder
-        unusable: discard it and rebuild the file from Kafka.
+    def add_batch(
+        self, events: Sequence[bytes], first_offset: int, last_offset: int, timestamp_ms: int
+    ) -> None:
+        """Append events' JSON (each one line, no ``\\n``), in partition order, from
+        ``first_offset`` to ``last_offset``; ``timestamp_ms`` is the first event's (it counts
+        only for a file's first event). The whole batch is built in one go, with no work per
+        event beyond joining them.
+
+        Offsets must increase: a first offset not above the last one added (or a last one
+        below the first) is a bug upstream and raises ValueError before anything is written,
+        and so does an empty event or one with a newline. An OSError (disk full while
+        spilling, also one met by the worker earlier) leaves the builder unusable: discard it
+        and rebuild the file from Kafka.
         """
         self._check_open()
-        if not json_bytes or b"\n" in json_bytes:
-            raise ValueError("an event must be non-empty JSON on one line")
-        if self._last_offset is not None and offset <= self._last_offset:
-            raise ValueError(f"offset {offset} does not follow {self._last_offset}")
+        count = len(events)
+        if not count:
+            return
+        if self._last_offset is not None and first_offset <= self._last_offset:
+            raise ValueError(f"offset {first_offset} does not follow {self._last_offset}")
+        if last_offset < first_offset:
+            raise ValueError(f"last offset {last_offset} is before the first {first_offset}")
         if self.file_format == "jsonl":
-            data = json_bytes + b"\n"
+            data = b"\n".join(events) + b"\n"
+            one_line = data.count(b"\n") == count
         else:
-            data = (b"," if self._count else b"[") + json_bytes
+            data = (b"," if self._count else b"[") + b",".join(events)
+            one_line = b"\n" not in data
+        if not one_line or not all(events):
+            raise ValueError("an event must be non-empty JSON on one line")
         self._write(data)
         if self._count == 0:
-            self._first_offset, self._first_timestamp_ms = offset, timestamp_ms
+            self._first_offset, self._first_timestamp_ms = first_offset, timestamp_ms
             self._opened_at = self._clock()
-        self._count += 1
-        self._last_offset = offset
+        self._count += count
+        self._last_offset = last_offset
 
     def should_close(self, now: float, max_events: int, max_bytes: int, interval: float) -> bool:
         """True if the file is due: ``max_events`` events, ``max_bytes`` uncompressed bytes,
@@ -225,103 +263,121 @@ class FileBuilder:
     def finish(self) -> FinishedFile:
         """Complete the file and hand its content over; the builder is done afterwards.
 
-        Raises ValueError on an empty builder: there is no file without events.
+        Waits for the worker, if the file has content there. Raises ValueError on an empty
+        builder (there is no file without events), OSError if the local buffer failed.
         """
-        self._check_open()
+        return self.finish_async().result()
+
+    def finish_async(self, *, in_worker: bool = False) -> Future[FinishedFile]:
+        """Complete the file: the future's result is the FinishedFile (or its exception the
+        OSError of the local buffer). The builder is done at once either way.
+
+        Without a worker, and when the worker has nothing of the file left to do and less
+        than ``INLINE_FINISH_BYTES`` is still to compress, the file is completed here and the
+        future is done on return (a hand-off costs the worker a wait for the GIL while the
+        loop is busy: thousands of small completions at shutdown must not queue there).
+        Otherwise the worker completes it after the file's last chunk (and, being in order,
+        after every file whose completion was asked for before); the future is then resolved
+        in the worker's thread. ``in_worker`` sends a small file there too (the
+        sink does so to keep a lane's files in order behind a larger one still there).
+
+        Raises ValueError on an empty builder: there is no file without events. A failure
+        of the local buffer (also one the worker met earlier) comes through the future.
+        """
+        if self._state != "open":
+            raise ValueError(f"the builder is {self._state}")
         first, last, first_ms = self._first_offset, self._last_offset, self._first_timestamp_ms
         if first is None or last is None or first_ms is None:
             raise ValueError("no events: an empty builder has no file to finish")
-        try:
-            if self.file_format == "json":
-                self._write(b"]")
-            if self.compression == "gzip":
-                if self._compressor is None:
-                    self._put(self._start_compressor_and_compress())
-                assert self._compressor is not None  # noqa: S101 - set just above
-                self._put(self._compressor.flush())
-                self._compressor = None
-            if self._file is not None:
-                self._file.flush()
-        except BaseException:
-            self._state = "broken"
-            raise
-        content: bytes | IO[bytes] = self._file if self._file is not None else bytes(self._memory)
-        self._file, self._memory, self._state = None, bytearray(), "finished"
-        return FinishedFile(
-            content,
-            size=self._stored,
-            sha256=self._hash.hexdigest(),
-            count=self._count,
-            first_offset=first,
-            last_offset=last,
-            first_timestamp_ms=first_ms,
-            uncompressed_bytes=self._uncompressed,
-            content_type=CONTENT_TYPES[(self.file_format, self.compression)],
-        )
+        if self.file_format == "json":
+            self._raw += b"]"
+            self._uncompressed += 1
+        tail, self._raw, self._state = self._raw, bytearray(), "finished"
+        out, future, gzip, count = self._out, Future[FinishedFile](), self._gzip, self._count
+        content_type = CONTENT_TYPES[(self.file_format, self.compression)]
+        uncompressed = self._uncompressed
+
+        def complete() -> None:
+            if not future.set_running_or_notify_cancel():
+                out.close()
+                return
+            try:
+                if out.error is not None:
+                    raise out.error
+                out.end(tail, gzip)
+                content: bytes | IO[bytes] = out.file if out.file is not None else bytes(out.memory)
+                out.file, out.memory = None, bytearray()
+                finished = FinishedFile(
+                    content,
+                    size=out.stored,
+                    sha256=out.hash.hexdigest(),
+                    count=count,
+                    first_offset=first,
+                    last_offset=last,
+                    first_timestamp_ms=first_ms,
+                    uncompressed_bytes=uncompressed,
+                    content_type=content_type,
+                )
+            except BaseException as exc:  # noqa: BLE001 - handed over through the future
+                out.close()
+                future.set_exception(exc)
+            else:
+                future.set_result(finished)
+
+        worker = self._worker
+        if worker is None or not (out.jobs or in_worker or len(tail) >= INLINE_FINISH_BYTES):
+            complete()
+        else:
+            worker.submit(complete, len(tail), out)
+        return future
 
     def discard(self) -> None:
-        """Drop the content and close the temporary file, if any. Safe to call twice, or
-        after ``finish`` (then it does nothing: the FinishedFile owns the content)."""
+        """Drop the content and close the temporary file, if any (in the worker, after its
+        work on the file, if the file handed anything to it). Safe to call twice, or after
+        ``finish`` (then it does nothing: the FinishedFile owns the content)."""
+        if self._state == "finished":
+            return
         if self._state in ("open", "broken"):
             self._state = "discarded"
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._memory, self._raw = bytearray(), bytearray()
-        self._compressor = None
+        self._raw = bytearray()
+        out = self._out
+        if out.jobs and self._worker is not None:
+            if not out.dropped:
+                out.dropped = True  # the worker skips its chunks still waiting
+                self._worker.submit(out.close, 0, out)
+        else:
+            out.close()
 
     def _check_open(self) -> None:
         if self._state != "open":
             raise ValueError(f"the builder is {self._state}")
+        error = self._out.error
+        if error is not None:
+            self._state = "broken"
+            raise error
 
     def _write(self, data: bytes) -> None:
         self._uncompressed += len(data)
         try:
-            if self.compression != "gzip":
-                self._put(data)
+            if not self._gzip:
+                self._out.put(data)
                 return
-            if self._compressor is None:
-                self._raw += data
-                if len(self._raw) < min(_LAZY_GZIP_BYTES, self._threshold):
-                    return  # (a threshold of 0 keeps nothing in memory, raw or not)
-                data = self._start_compressor()
-            self._put(self._compressor.compress(data))  # type: ignore[union-attr]
+            self._raw += data
+            collected, worker = len(self._raw), self._worker
+            if collected < self._chunk and (
+                worker is None or collected < self._idle_chunk or worker.pending_bytes
+            ):
+                return
+            raw, self._raw, out = self._raw, bytearray(), self._out
+            if worker is None or (not out.jobs and collected < WORKER_IDLE_CHUNK_BYTES):
+                # A small piece (a spill threshold below a chunk) is not worth a hand-off,
+                # unless the worker still has some of the file (it must stay in order).
+                out.compress(raw)
+            else:
+                worker.submit(functools.partial(out.compress_job, raw), collected, out)
         except BaseException:
             self._state = "broken"
             raise
-
-    def _start_compressor_and_compress(self) -> bytes:
-        raw = self._start_compressor()
-        assert self._compressor is not None  # noqa: S101 - set by _start_compressor
-        return self._compressor.compress(raw)
-
-    def _start_compressor(self) -> bytes:
-        """Create the compressor; returns the raw bytes held so far (to compress first)."""
-        self._compressor = zlib.compressobj(self._level, zlib.DEFLATED, _GZIP_WBITS)
-        raw, self._raw = bytes(self._raw), bytearray()
-        return raw
-
-    def _put(self, stored: bytes) -> None:
-        if not stored:
-            return
-        if self._file is None and len(self._memory) + len(stored) > self._threshold:
-            # Outlives this call (closed by discard or FinishedFile.release): no `with`.
-            spill = tempfile.TemporaryFile(  # noqa: SIM115
-                dir=self._spill_dir, prefix="siem-export-storage-"
-            )
-            try:
-                spill.write(self._memory)
-            except BaseException:
-                spill.close()
-                raise
-            # A new object, not clear(): the old buffer's memory goes back at once.
-            self._file, self._memory = spill, bytearray()
-        if self._file is not None:
-            self._file.write(stored)
-        else:
-            self._memory += stored
-        self._hash.update(stored)
-        self._stored += len(stored)
 
 
 class FinishedFile:

@@ -47,19 +47,23 @@ retriable ``SinkError`` with ``retry_after`` and the events stay in Kafka (step 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import operator
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from connectors.destinations import Destinations
 from connectors.health import DestinationHealth
+from connectors.storage.compression import CompressionWorker
 from connectors.storage.config import StorageDestination, StorageSettings
-from connectors.storage.files import FileBuilder
+from connectors.storage.files import FileBuilder, FinishedFile
 from connectors.storage.metrics import StorageMetrics
 from connectors.storage.naming import object_key
 from connectors.storage.uploads import Upload, UploadQueue
@@ -76,6 +80,7 @@ BACKPRESSURE_RETRY_SECONDS = 5.0
 _FLUSH_CHUNK = 32  # files a flush closes between two turns of the event loop
 
 FileKey = tuple[str, int]  # (tenant, partition)
+_JSON = operator.attrgetter("json")  # Envelope.json: the event's JSON, encoded once
 
 
 @dataclass(eq=False)
@@ -92,6 +97,18 @@ class _OpenFile:
     """Content bytes in memory, as last counted in the buffered_bytes gauge."""
     disk: int = 0
     """Content bytes in its temporary file, as last counted."""
+
+
+@dataclass(eq=False)
+class _Finishing:
+    """A closed file the compression worker is still completing (its last chunk, the end of
+    the gzip stream); queued for upload once that is done, unless dropped meanwhile."""
+
+    key: FileKey
+    dest: StorageDestination
+    first_offset: int
+    future: asyncio.Future[None]
+    dropped: bool = False
 
 
 class StorageSink:
@@ -123,6 +140,9 @@ class StorageSink:
         self._resend_from: dict[FileKey, int] = {}
         self._queue = UploadQueue(settings, self.metrics, self._write)
         self._flushing: set[asyncio.Task[None]] = set()
+        # gzip runs beside the event loop, in this thread (see connectors.storage.files).
+        self._worker = CompressionWorker()
+        self._finishing: dict[FileKey, list[_Finishing]] = {}
 
     # --- configuration --------------------------------------------------------------------
 
@@ -162,7 +182,7 @@ class StorageSink:
                 retriable=True,
             )
         current = self._open.get(key)
-        if current is not None and current.dest != dest:
+        if current is not None and current.dest is not dest and current.dest != dest:
             self._close(key, "reconfigured")
             current = None
         if current is None:
@@ -178,16 +198,23 @@ class StorageSink:
         if resend_from is not None:
             del self._resend_from[key]
         builder = current.builder
-        taken = 0
+        # The batch as a whole: no work per event but its JSON (encoded once, by Envelope).
+        taken = min(len(batch), dest.max_events - builder.count)
+        jsons = list(map(_JSON, batch if taken == len(batch) else batch[:taken]))
+        room = dest.max_bytes - builder.uncompressed_bytes
+        if sum(map(len, jsons)) + taken >= room:
+            # The event that reaches max_bytes (each counts its newline or comma) is the last.
+            taken = next(
+                i
+                for i, total in enumerate(accumulate(len(j) + 1 for j in jsons), 1)
+                if total >= room
+            )
+            del jsons[taken:]
+        # The key's date and hour are the first event's own time (not the record's): a
+        # replayed backlog lands in the partitions of when things happened.
+        when = parse_timestamp(batch[0].event["timestamp"]) if not builder.count else 0
         try:
-            for env in batch:
-                # The key's date and hour are the first event's own time (not the record's):
-                # a replayed backlog lands in the partitions of when things happened.
-                when = parse_timestamp(env.event["timestamp"]) if not builder.count else 0
-                builder.add(env.json, env.offset, when)
-                taken += 1
-                if builder.count >= dest.max_events or builder.uncompressed_bytes >= dest.max_bytes:
-                    break
+            builder.add_batch(jsons, batch[0].offset, batch[taken - 1].offset, when)
         except OSError as exc:
             # The local buffer (spill file) failed: this file cannot be completed.
             error = SinkError(f"{endpoint}: cannot buffer the file locally: {exc}", retriable=True)
@@ -216,7 +243,9 @@ class StorageSink:
             tenant_id=key[0],
             partition=key[1],
             dest=dest,
-            builder=FileBuilder.for_destination(dest, self.settings, clock=self._clock),
+            builder=FileBuilder.for_destination(
+                dest, self.settings, clock=self._clock, worker=self._worker
+            ),
             future=loop.create_future(),
         )
         current.timer = loop.call_later(dest.interval, self._interval_due, key, current)
@@ -237,23 +266,70 @@ class StorageSink:
                 current.future.set_result(None)
             return
         self.metrics.closed.labels(reason).inc()
-        endpoint = current.dest.endpoint()
         first = current.builder.first_offset
         assert first is not None  # noqa: S101 - the file has events
-        try:
-            finished = current.builder.finish()
-        except OSError as exc:  # finishing the local file (disk)
-            current.builder.discard()
-            problem = f"{endpoint}: local file: {exc}"
-            self._upload_failed(key, current.dest, first, current.future, problem, permanent=False)
+        entry = _Finishing(key, current.dest, first, current.future)
+        # Behind a file of the lane that the worker is still completing, this one goes through
+        # the worker too: the lane's files reach the upload queue in the order they closed.
+        finishing = current.builder.finish_async(in_worker=key in self._finishing)
+        if finishing.done():
+            self._finished(entry, finishing)
             return
-        upload = Upload(key[0], key[1], current.dest, finished, current.future)
+        self._finishing.setdefault(key, []).append(entry)
+        loop = asyncio.get_running_loop()
+
+        def back_on_the_loop(done: concurrent.futures.Future[FinishedFile]) -> None:
+            try:
+                loop.call_soon_threadsafe(self._finished, entry, done)
+            except RuntimeError:  # the loop is closed: nobody will upload it
+                if done.exception() is None:
+                    done.result().release()
+
+        finishing.add_done_callback(back_on_the_loop)
+
+    def _finished(self, entry: _Finishing, done: concurrent.futures.Future[FinishedFile]) -> None:
+        """A closed file is complete (or its local buffer failed): queue it for upload."""
+        lane = self._finishing.get(entry.key)
+        if lane is not None and entry in lane:
+            lane.remove(entry)
+            if not lane:
+                del self._finishing[entry.key]
+        exc = done.exception()
+        if entry.dropped:
+            if exc is None:
+                done.result().release()
+            return
+        key, dest, first, future = entry.key, entry.dest, entry.first_offset, entry.future
+        if exc is not None:
+            if not isinstance(exc, OSError):
+                _log.error("Completing a file failed unexpectedly.", exc_info=exc)
+            problem = f"{dest.endpoint()}: local file: {exc}"  # finishing the local file (disk)
+            self._upload_failed(key, dest, first, future, problem, permanent=False)
+            return
+        finished = done.result()
+        upload = Upload(key[0], key[1], dest, finished, future)
         try:
             self._queue.put(upload)
         except OSError as exc:  # moving a waiting file to disk
             finished.release()
-            problem = f"{endpoint}: local file for a waiting upload: {exc}"
-            self._upload_failed(key, current.dest, first, current.future, problem, permanent=False)
+            problem = f"{dest.endpoint()}: local file for a waiting upload: {exc}"
+            self._upload_failed(key, dest, first, future, problem, permanent=False)
+
+    def _drop_finishing(self, key: FileKey, error: SinkError, after: int | None = None) -> None:
+        """Give up the lane's files still being completed (those starting after offset
+        ``after``, if given): they are not uploaded, their events will come again."""
+        lane = self._finishing.get(key)
+        if lane is None:
+            return
+        for entry in lane:
+            if after is None or entry.first_offset > after:
+                entry.dropped = True
+                _settle(entry.future, error)
+        kept = [entry for entry in lane if not entry.dropped]
+        if kept:
+            self._finishing[key] = kept
+        else:
+            del self._finishing[key]
 
     def _drop(self, key: FileKey, error: SinkError) -> None:
         """Give up the lane's open file: its events will come again from Kafka."""
@@ -359,6 +435,7 @@ class StorageSink:
         # the engine parks there); a newer open or waiting file would hold events after the gap.
         _settle(future, error)
         self._drop(key, error)
+        self._drop_finishing(key, error, after=first_offset)
         for later in self._queue.cancel_lane(key[0], key[1], after=first_offset):
             _settle(later.future, error)
 
@@ -410,6 +487,8 @@ class StorageSink:
         error = SinkError("partition revoked", retriable=True)
         for key in [k for k in self._open if k[1] in partitions]:
             self._drop(key, error)
+        for key in [k for k in self._finishing if k[1] in partitions]:
+            self._drop_finishing(key, error)
         for key in [k for k in self._resend_from if k[1] in partitions]:
             del self._resend_from[key]
         # Uploads still running for them are cancelled: a late write could replace a newer
@@ -423,8 +502,12 @@ class StorageSink:
         error = SinkError("connector stopping", retriable=True)
         for key in list(self._open):
             self._drop(key, error)
+        for key in list(self._finishing):
+            self._drop_finishing(key, error)
         for upload in await self._queue.close():
             _settle(upload.future, _cancelled(upload))
+        # Waits for the worker's last jobs (discarded files' clean-up, at most a few MiB).
+        await asyncio.to_thread(self._worker.close)
         for writer in self._writers.values():
             with contextlib.suppress(Exception):
                 await writer.close()

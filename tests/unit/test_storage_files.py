@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
 import os
+import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +17,14 @@ from typing import Any
 
 import pytest
 
+from connectors.storage.compression import CompressionWorker
 from connectors.storage.config import StorageDestination, StorageSettings
-from connectors.storage.files import SCHEMA_VERSION, FileBuilder, FinishedFile
+from connectors.storage.files import (
+    SCHEMA_VERSION,
+    WORKER_CHUNK_BYTES,
+    FileBuilder,
+    FinishedFile,
+)
 from streams.catalogue import schemas_dir
 from streams.event import AuditEvent, to_json_bytes, validate_event
 from streams.synthetic import EventFactory
@@ -390,3 +399,206 @@ def test_a_finished_file_that_cannot_move_to_disk_stays_in_memory(tmp_path: Path
     assert not finished.spilled and finished.memory_bytes == finished.size
     assert gzip.decompress(content_of(finished))
     finished.release()
+
+
+# -- batches and the compression worker ----------------------------------------------------
+
+
+def many_lines(count: int, seed: int = 3) -> list[bytes]:
+    return [to_json_bytes(e) for e in events(count, seed=seed)]
+
+
+def add_in_batches(builder: FileBuilder, lines: list[bytes], size: int, start: int = 0) -> None:
+    for at in range(0, len(lines), size):
+        part = lines[at : at + size]
+        builder.add_batch(part, start + at, start + at + len(part) - 1, 1773564137003)
+
+
+@pytest.fixture
+def worker() -> Iterator[CompressionWorker]:
+    running = CompressionWorker(max_pending_bytes=WORKER_CHUNK_BYTES * 2)
+    yield running
+    running.close()
+
+
+@pytest.mark.parametrize("threshold", [0, 64 * 1024, 8 * 1024 * 1024])
+@pytest.mark.parametrize("file_format", ["jsonl", "json"])
+def test_the_worker_gives_the_bytes_of_one_thread(
+    spill_dir: Path, worker: CompressionWorker, threshold: int, file_format: Any
+) -> None:
+    """Chunks compressed in the worker (several per file, files interleaved) give byte for byte
+    the file a builder without a worker gives, and the digest of exactly those bytes."""
+    lines = many_lines(3000)  # ~1.3 MB: several worker chunks
+    alone = FileBuilder(
+        file_format=file_format, spill_threshold_bytes=threshold, spill_dir=spill_dir
+    )
+    add_in_batches(alone, lines, 97)
+    threaded = [
+        FileBuilder(
+            file_format=file_format,
+            spill_threshold_bytes=threshold,
+            spill_dir=spill_dir,
+            worker=worker,
+        )
+        for _ in range(3)
+    ]
+    for at in range(0, len(lines), 250):  # the three files take turns
+        for builder in threaded:
+            part = lines[at : at + 250]
+            builder.add_batch(part, at, at + len(part) - 1, 1773564137003)
+    with alone.finish() as expected:
+        want = content_of(expected)
+        assert hashlib.sha256(want).hexdigest() == expected.sha256
+        for builder in threaded:
+            with builder.finish_async().result(timeout=30) as got:
+                assert (got.size, got.sha256, got.count) == (expected.size, expected.sha256, 3000)
+                assert got.spilled == expected.spilled
+                assert content_of(got) == want
+    assert parse(want, file_format, "gzip") == [json.loads(line) for line in lines]
+
+
+def test_a_batch_is_the_same_file_as_its_events_one_by_one() -> None:
+    lines = many_lines(50)
+    for file_format in ("jsonl", "json"):
+        one = FileBuilder(file_format=file_format)  # type: ignore[arg-type]
+        for offset, line in enumerate(lines):
+            one.add(line, offset, 0)
+        batched = FileBuilder(file_format=file_format)  # type: ignore[arg-type]
+        add_in_batches(batched, lines, 7)
+        assert batched.uncompressed_bytes == one.uncompressed_bytes
+        assert (batched.count, batched.first_offset, batched.last_offset) == (50, 0, 49)
+        with one.finish() as a, batched.finish() as b:
+            assert (a.sha256, a.size, a.uncompressed_bytes) == (
+                b.sha256,
+                b.size,
+                b.uncompressed_bytes,
+            )
+
+
+def test_batch_rules() -> None:
+    builder = FileBuilder()
+    builder.add_batch([b"{}", b"{}"], 5, 6, 0)
+    with pytest.raises(ValueError, match="does not follow 6"):
+        builder.add_batch([b"{}"], 6, 6, 0)
+    with pytest.raises(ValueError, match="before the first"):
+        builder.add_batch([b"{}", b"{}"], 9, 8, 0)
+    for bad in ([b"{}", b""], [b"{}", b'{"a":\n1}'], [b"\n"]):
+        with pytest.raises(ValueError, match="one line"):
+            builder.add_batch(bad, 7, 8, 0)
+    builder.add_batch([], 7, 7, 0)  # nothing to add
+    builder.add_batch([b"{}"], 7, 7, 0)  # refused batches left nothing behind
+    finished = builder.finish()
+    assert (finished.count, finished.last_offset) == (3, 7)
+    assert gzip.decompress(content_of(finished)) == b"{}\n{}\n{}\n"
+
+
+def test_small_pieces_are_compressed_at_once_unless_the_worker_has_the_file(
+    spill_dir: Path, worker: CompressionWorker
+) -> None:
+    """A spill threshold below a chunk hands every batch over; small ones are not worth a
+    hand-off (each costs the worker a wait for the GIL), except behind the file's own."""
+    builder = FileBuilder(spill_threshold_bytes=0, spill_dir=spill_dir, worker=worker)
+    builder.add_batch(many_lines(20), 0, 19, 0)
+    assert builder.spilled and worker.pending_bytes == 0, "compressed here, at once"
+    gate = threading.Event()
+    worker.submit(gate.wait, 0)
+    builder.add_batch(many_lines(200), 20, 219, 0)  # to the worker, held at the gate
+    builder.add_batch(many_lines(20), 220, 239, 0)  # small, but must follow: to the worker
+    assert worker.pending_bytes > 0
+    done = builder.finish_async()
+    assert not done.done(), "the file's end waits for its chunks"
+    gate.set()
+    with done.result(timeout=30) as finished:
+        lines = gzip.decompress(content_of(finished)).splitlines()
+        assert len(lines) == finished.count == 240
+
+
+def test_a_small_file_finishes_at_once_and_a_large_one_in_the_worker(
+    worker: CompressionWorker,
+) -> None:
+    small = FileBuilder(worker=worker)
+    add_in_batches(small, many_lines(20), 20)
+    done = small.finish_async()
+    assert done.done(), "no hand-off for a small file"
+    done.result().release()
+    ordered = FileBuilder(worker=worker)
+    add_in_batches(ordered, many_lines(20), 20)
+    gate = threading.Event()
+    worker.submit(gate.wait, 0)  # hold the worker: what goes through it waits
+    behind = ordered.finish_async(in_worker=True)
+    large = FileBuilder(worker=worker)
+    add_in_batches(large, many_lines(1000), 100)  # ~430 KB: a chunk went to the worker
+    later = large.finish_async()
+    assert not behind.done() and not later.done()
+    gate.set()
+    with behind.result(timeout=30) as first, later.result(timeout=30) as second:
+        assert first.count == 20 and second.count == 1000
+        assert gzip.decompress(content_of(second)).count(b"\n") == 1000
+
+
+def test_a_failure_in_the_worker_reaches_the_builder(
+    tmp_path: Path, worker: CompressionWorker
+) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    builder = FileBuilder(spill_threshold_bytes=1, spill_dir=gone, worker=worker)
+    gone.rmdir()
+    builder.add_batch(many_lines(200), 0, 199, 0)  # 64 KiB+: handed over, cannot be spilled
+    worker.submit(lambda: None, 1)
+    deadline = time.monotonic() + 30
+    while worker.pending_bytes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(OSError):
+        builder.add_batch([b"{}"], 200, 200, 0)
+    with pytest.raises(ValueError, match="broken"):
+        builder.add_batch([b"{}"], 201, 201, 0)
+    builder.discard()
+    # Completing such a file fails through its future, its resources released.
+    failing = FileBuilder(spill_threshold_bytes=1, spill_dir=gone, worker=worker)
+    failing.add_batch(many_lines(200), 0, 199, 0)
+    with pytest.raises(OSError):
+        failing.finish_async().result(timeout=30)
+
+
+@pytest.mark.skipif(not PROC_FD.is_dir(), reason="needs /proc/self/fd")
+def test_discarding_a_file_in_the_worker_closes_its_temporary_file(
+    spill_dir: Path, worker: CompressionWorker
+) -> None:
+    before = open_fds()
+    gate = threading.Event()
+    builder = FileBuilder(spill_threshold_bytes=0, spill_dir=spill_dir, worker=worker)
+    builder.add_batch(many_lines(200), 0, 199, 0)  # 64 KiB+: to the worker
+    worker.submit(gate.wait, 0)
+    builder.add_batch(many_lines(30), 200, 229, 0)  # small, but behind the first: waits
+    builder.discard()
+    builder.discard()
+    gate.set()
+    worker.close()  # runs what was submitted: the chunk is skipped, the file closed
+    assert open_fds() == before
+
+
+def test_the_worker_runs_jobs_in_order_and_bounds_what_waits() -> None:
+    worker = CompressionWorker(max_pending_bytes=100)
+    ran: list[int] = []
+    most = [0]
+
+    def job(number: int) -> None:
+        most[0] = max(most[0], worker.pending_bytes)
+        time.sleep(0.001)
+        ran.append(number)
+
+    for number in range(50):
+        worker.submit(functools.partial(job, number), 40)
+
+    def broken() -> None:
+        raise ZeroDivisionError
+
+    worker.submit(broken, 40)  # logged; the thread goes on
+    worker.submit(functools.partial(job, 50), 40)
+    worker.close()
+    worker.close()
+    assert ran == list(range(51))
+    assert most[0] <= 120, "a job is submitted only while what waits stays within the bound"
+    assert worker.pending_bytes == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        worker.submit(lambda: None, 0)

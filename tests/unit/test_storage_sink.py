@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import hashlib
+import itertools
 import json
 import os
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -447,3 +450,88 @@ async def test_a_waiting_file_that_cannot_move_to_disk_fails_and_comes_again(
     rig.store.hold.set()
     await asyncio.wait_for(running.pending, 5)  # type: ignore[arg-type]
     assert len(rig.store.objects) == 1
+
+
+# -- gzip in the compression worker --------------------------------------------------------
+
+
+def hold_worker(rig: Rig) -> threading.Event:
+    """Keep the sink's compression worker busy until the returned event is set."""
+    gate = threading.Event()
+    rig.sink._worker.submit(gate.wait, 0)
+    return gate
+
+
+async def test_a_large_file_is_compressed_in_the_worker_and_written_whole(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, {**S3, "max_events": 100_000})
+    batch = lane(900)  # ~400 KB: chunks go to the worker
+    results = [await rig.send(batch[at : at + 100]) for at in range(0, 900, 100)]
+    rig.sink.flush(None)
+    for result in results:
+        await asyncio.wait_for(result.pending, 10)  # type: ignore[arg-type]
+    [key] = rig.store.objects
+    content, metadata, _ = rig.store.objects[key]
+    assert [e["event_id"] for e in rig.lines(key)] == [e.event["event_id"] for e in batch]
+    assert metadata["sha256"] == hashlib.sha256(content).hexdigest()
+    assert (metadata["eventcount"], metadata["lastoffset"]) == ("900", "1798")
+    await rig.sink.close()
+
+
+async def test_max_bytes_closes_a_file_at_the_event_that_reaches_it(tmp_path: Path) -> None:
+    batch = lane(12)
+    sizes = list(itertools.accumulate(len(env.json) + 1 for env in batch))
+    reach = next(i for i, total in enumerate(sizes) if total > 1100)  # max_bytes >= 1 KiB
+    rig = Rig(tmp_path, {**S3, "max_bytes": sizes[reach] - 1})
+    result = await rig.send(batch)
+    assert result.settled == reach + 1, "the event that reaches max_bytes is the file's last"
+    await asyncio.wait_for(result.pending, 5)  # type: ignore[arg-type]
+    [key] = rig.store.objects
+    assert len(rig.lines(key)) == reach + 1
+    assert (
+        rig.registry.get_sample_value("siem_export_storage_files_closed_total", {"reason": "bytes"})
+        == 1
+    )
+
+
+async def test_forget_drops_a_file_the_worker_is_still_completing(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, {**S3, "max_events": 100_000})
+    gate = hold_worker(rig)
+    result = await rig.send(lane(700))
+    rig.sink.flush([3])  # closed: its completion waits in the worker
+    rig.sink.forget([3])
+    with pytest.raises(SinkError, match="revoked"):
+        await asyncio.wait_for(result.pending, 5)  # type: ignore[arg-type]
+    gate.set()
+    await asyncio.to_thread(rig.sink._worker.submit, lambda: None, 1)
+    await asyncio.sleep(0.1)
+    assert not rig.store.puts and not rig.sink._finishing
+    await rig.sink.close()
+
+
+async def test_a_lanes_small_file_is_queued_behind_its_larger_one(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, {**S3, "max_events": 700})
+    gate = hold_worker(rig)
+    large = await rig.send(lane(700))  # closed at max_events, completed in the worker
+    small = await rig.send(lane(5, start=1400))
+    rig.sink.flush(None)  # small: it would be done at once, but must not overtake
+    assert not rig.store.puts
+    gate.set()
+    for result in (large, small):
+        await asyncio.wait_for(result.pending, 10)  # type: ignore[arg-type]
+    order = [key.rsplit("/", 1)[1].split(".")[0] for key in rig.store.puts]
+    assert order == [f"{TENANT}-3-0", f"{TENANT}-3-1400"]
+    await rig.sink.close()
+
+
+async def test_a_local_failure_in_the_worker_fails_the_file(tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    rig = Rig(tmp_path, {**S3, "max_events": 200}, spill_threshold_bytes=1, spill_dir=spill)
+    spill.rmdir()
+    result = await rig.send(lane(200))  # 64 KiB+: to the worker, which cannot spill it
+    with pytest.raises(SinkError, match="local file") as failed:
+        await asyncio.wait_for(result.pending, 5)  # type: ignore[arg-type]
+    assert failed.value.retriable and not rig.store.puts
+    with pytest.raises(SinkError, match="earlier file"):  # the lane re-reads from its start
+        await rig.sink.send(TENANT, lane(2, start=20))
+    await rig.sink.close()
