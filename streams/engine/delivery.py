@@ -68,7 +68,7 @@ class Delivering(Dispatching):
         topic, partition, tenant = self.topic, part.partition, lane.tenant_id
         batch: list[Envelope] = []
         for _ in range(take):
-            offset, timestamp_ms, size, value, key = queue.popleft()
+            offset, timestamp_ms, value, key = queue.popleft()
             try:
                 event = decode(value)
             except DecodeError as exc:
@@ -76,7 +76,9 @@ class Delivering(Dispatching):
             else:
                 if event["tenant_id"] == tenant:
                     batch.append(
-                        Envelope(topic, partition, offset, timestamp_ms, tenant, event, size, value)
+                        Envelope(
+                            topic, partition, offset, timestamp_ms, tenant, event, len(value), value
+                        )
                     )
                     continue
                 problem = (

@@ -86,7 +86,7 @@ class Dispatching(Committing):
             part.park(lane, offset)
             return
         _, ts = msg.timestamp()
-        lane.queue.append((offset, ts if ts > 0 else int(time.time() * 1000), size, value, key))
+        lane.queue.append((offset, ts if ts > 0 else int(time.time() * 1000), value, key))
         self._buffered += 1
         if lane.task is None:
             self._wake(part, lane)

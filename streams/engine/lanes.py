@@ -44,9 +44,9 @@ from streams.engine.sink import Envelope
 METADATA_VERSION = "se1"
 DLQ_LANE = "~dlq"
 
-Queued = tuple[int, int, int, bytes, bytes | None]
-"""A fetched record waiting in a lane, not decoded yet: ``(offset, timestamp_ms, size, value,
-key)``. A plain tuple: one is built per record on the engine's hottest path."""
+Queued = tuple[int, int, bytes, bytes | None]
+"""A fetched record waiting in a lane, not decoded yet: ``(offset, timestamp_ms, value, key)``.
+A plain tuple: one is built per record on the engine's hottest path."""
 
 
 @dataclass(eq=False)

@@ -58,12 +58,12 @@ def envelope(offset: int, tenant: str) -> Envelope:
 def queued(offset: int, tenant: str) -> Queued:
     """A record waiting in a lane, as the engine queues it (not decoded yet)."""
     raw = f"{tenant}:{offset}".encode()
-    return (offset, 1_700_000_000_000 + offset, 8, raw, tenant.encode())
+    return (offset, 1_700_000_000_000 + offset, raw, tenant.encode())
 
 
 def opened(record: Queued) -> Envelope:
     """What the engine makes of a queued record when a lane takes it into a batch."""
-    offset, _, _, _, key = record
+    offset, _, _, key = record
     assert key is not None
     return envelope(offset, key.decode())
 
