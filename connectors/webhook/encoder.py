@@ -48,7 +48,6 @@ _NEWLINE = orjson.OPT_APPEND_NEWLINE
 # HEC "time" of a canonical timestamp (YYYY-MM-DDTHH:MM:SS.mmmZ): the text up to the decimal
 # point per whole second (shared by every encoder, bounded), then the three millisecond digits.
 _HEC_TIME_HEAD: dict[str, bytes] = {}
-_MILLIS = {f"{ms:03d}": b"%03d" % ms for ms in range(1000)}
 # Channel ids derived for tenants that did not set one: stable per tenant and URL.
 _CHANNEL_NAMESPACE = uuid.UUID("5a1e2b9c-0d6f-4e8a-9b1c-2f3e4d5c6b7a")
 
@@ -122,32 +121,29 @@ class RequestEncoder:
     def _hec_body(self, batch: Sequence[Envelope]) -> bytes:
         """HEC envelopes, one per line (no newline after the last)."""
         middle = b"," + self._hec_prefix + b',"event":'
-        heads = _HEC_TIME_HEAD
         out = bytearray()
         for env in batch:
-            event = env.event
-            stamp = event["timestamp"]
-            head = heads.get(stamp[:19])
-            millis = _MILLIS.get(stamp[20:23])
-            if head is None or millis is None or len(stamp) != 24 or stamp[19::4] != ".Z":
-                out += self._hec_envelope(env)
-            else:
-                out += head
-                out += millis
-                out += middle
-                out += _dumps(event)
-                out += b"}"
-            out += b"\n"
+            out += _hec_time(env.event["timestamp"])
+            out += middle
+            out += _dumps(env.event)
+            out += b"}\n"
         del out[-1:]
         return bytes(out)
 
-    def _hec_envelope(self, env: Envelope) -> bytes:
-        """One HEC envelope the long way; learns the second's ``time`` text for the next ones."""
-        stamp = env.event["timestamp"]
-        millis = parse_timestamp(stamp)
-        seconds, ms = divmod(millis, 1000)
-        if len(stamp) == 24 and stamp[19::4] == ".Z" and stamp[20:23] in _MILLIS:
-            if len(_HEC_TIME_HEAD) >= 4096:
-                _HEC_TIME_HEAD.clear()
-            _HEC_TIME_HEAD[stamp[:19]] = b'{"time":%d.' % seconds
-        return b'{"time":%d.%03d,%s,"event":%s}' % (seconds, ms, self._hec_prefix, env.json)
+
+def _hec_time(stamp: str) -> bytes:
+    """``{"time":<epoch seconds>.<milliseconds>`` of an event timestamp. The text up to the
+    decimal point is kept per whole second (``_HEC_TIME_HEAD``, bounded) for canonical
+    timestamps (``YYYY-MM-DDTHH:MM:SS.mmmZ``); anything else is parsed each time."""
+    millis = stamp[20:23]
+    canonical = len(stamp) == 24 and stamp[19::4] == ".Z" and millis.isascii() and millis.isdigit()
+    if canonical:
+        head = _HEC_TIME_HEAD.get(stamp[:19])
+        if head is not None:
+            return head + millis.encode()
+    seconds, ms = divmod(parse_timestamp(stamp), 1000)
+    if canonical:
+        if len(_HEC_TIME_HEAD) >= 4096:
+            _HEC_TIME_HEAD.clear()
+        _HEC_TIME_HEAD[stamp[:19]] = b'{"time":%d.' % seconds
+    return b'{"time":%d.%03d' % (seconds, ms)
