@@ -302,7 +302,9 @@ async def started(rig: Rig, puts: int) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_files_waiting_beyond_the_memory_budget_wait_on_disk(tmp_path: Path) -> None:
+def waiting_on_disk_rig(tmp_path: Path) -> tuple[Rig, Path]:
+    """Files of 5 events, one upload at a time, and no memory for files waiting: every waiting
+    file moves to the spill directory (returned with the rig)."""
     spill = tmp_path / "spill"
     spill.mkdir()
     rig = Rig(
@@ -312,6 +314,11 @@ async def test_files_waiting_beyond_the_memory_budget_wait_on_disk(tmp_path: Pat
         waiting_memory_bytes=0,
         spill_dir=spill,
     )
+    return rig, spill
+
+
+async def test_files_waiting_beyond_the_memory_budget_wait_on_disk(tmp_path: Path) -> None:
+    rig, spill = waiting_on_disk_rig(tmp_path)
     rig.store.hold = asyncio.Event()
     results = [await rig.send(lane(5, partition=p)) for p in range(4)]  # each closes full
     await started(rig, 1)
@@ -428,15 +435,7 @@ async def test_a_failed_file_takes_back_the_lanes_waiting_files(tmp_path: Path) 
 async def test_a_waiting_file_that_cannot_move_to_disk_fails_and_comes_again(
     tmp_path: Path,
 ) -> None:
-    spill = tmp_path / "spill"
-    spill.mkdir()
-    rig = Rig(
-        tmp_path,
-        {**S3, "max_events": 5},
-        max_concurrent_uploads=1,
-        waiting_memory_bytes=0,
-        spill_dir=spill,
-    )
+    rig, spill = waiting_on_disk_rig(tmp_path)
     spill.rmdir()  # the disk goes away after start
     rig.store.hold = asyncio.Event()
     running = await rig.send(lane(5, partition=1))  # starts at once: stays in memory
