@@ -450,7 +450,7 @@ class Drain:
     exit_seconds: float
     exit_code: int | None
     metrics: dict[str, float]
-    exited_at: float = 0.0  # time.time() by which the connector had exited (an upper bound)
+    exited_at: float  # time.time() by which the connector had exited (an upper bound)
 
     @property
     def short(self) -> str:
@@ -496,9 +496,10 @@ def drain(
         time.sleep(POLL_SECONDS / 2)
     acked_seconds = time.perf_counter() - began if acked_at is not None else None
     connector.stop(timeout=max(5.0, min(120.0, deadline - time.monotonic())))
-    ended = Drain(acked_seconds, connector.stop_seconds, connector.exit_code, metrics)
-    ended.exited_at = sigterm_at + connector.stop_seconds
-    return acked_at, ended
+    stopped = connector.stop_seconds
+    return acked_at, Drain(
+        acked_seconds, stopped, connector.exit_code, metrics, exited_at=sigterm_at + stopped
+    )
 
 
 class CpuMarks:
