@@ -13,6 +13,7 @@ import random
 import time
 from array import array
 from collections.abc import Sequence
+from operator import attrgetter
 
 from streams.engine.core import _log
 from streams.engine.dispatch import Dispatching
@@ -65,17 +66,19 @@ class Delivering(Dispatching):
         take = min(self._take_limit(lane.tenant_id), len(queue))
         self._buffered -= take
         decode = self._codec.decode
+        popleft = queue.popleft
         topic, partition, tenant = self.topic, part.partition, lane.tenant_id
         batch: list[Envelope] = []
+        append = batch.append
         for _ in range(take):
-            offset, timestamp_ms, value, key = queue.popleft()
+            offset, timestamp_ms, value, key = popleft()
             try:
                 event = decode(value)
             except DecodeError as exc:
                 problem = (str(exc), type(exc).__name__)
             else:
                 if event["tenant_id"] == tenant:
-                    batch.append(
+                    append(
                         Envelope(
                             topic, partition, offset, timestamp_ms, tenant, event, len(value), value
                         )
@@ -191,7 +194,7 @@ class Delivering(Dispatching):
         if rejected:
             stamps = [e.timestamp_ms for i, e in enumerate(done) if i not in rejected]
         else:
-            stamps = [e.timestamp_ms for e in done]
+            stamps = list(map(_timestamp_of, done))
         if result is not None and result.pending is not None:
             custody = Custody(done[0].offset, done[-1].offset, array("q", stamps), result.pending)
             lane.custody.append(custody)
@@ -205,10 +208,7 @@ class Delivering(Dispatching):
             return
         name = self.sink.name
         self.metrics.delivered.labels(name).inc(len(timestamps))
-        millis = time.time() * 1000
-        self.metrics.latency.observe_batch(
-            (name,), [max(0.0, millis - stamp) / 1000 for stamp in timestamps]
-        )
+        self.metrics.latency.observe_ages((name,), time.time() * 1000, timestamps)
         if self.cfg.tenant_labels:
             self.metrics.tenant_delivered.labels(name, lane.tenant_id).inc(len(timestamps))
 
@@ -292,6 +292,9 @@ class Delivering(Dispatching):
             if left <= 0:
                 return
             await asyncio.sleep(min(left, 0.5))
+
+
+_timestamp_of = attrgetter("timestamp_ms")
 
 
 def _consume_outcome(future: asyncio.Future[None]) -> None:

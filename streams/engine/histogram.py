@@ -3,14 +3,15 @@
 Who uses it: the engine's delivery-latency metric. ``prometheus_client.Histogram.observe``
 costs about a microsecond per event, which at tens of thousands of events per second is a
 visible share of the loop thread; acknowledgements arrive in batches, so the engine records
-them per batch: one ``bisect`` per event and one lock per batch. The exposition is the
-standard histogram (``_bucket{le=…}``, ``_sum``, ``_count``).
+them per batch: the record timestamps of a batch are sorted once (in C) and each bucket is
+one ``bisect``, so the cost per event is a few C-level operations and one lock per batch.
+The exposition is the standard histogram (``_bucket{le=…}``, ``_sum``, ``_count``).
 """
 
 from __future__ import annotations
 
 import threading
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry
@@ -49,21 +50,32 @@ class BatchHistogram(Collector):
         if registry is not None:
             registry.register(self)
 
-    def observe_batch(self, labels: tuple[str, ...], values: Sequence[float]) -> None:
-        """Record every value of ``values`` (seconds, say) under ``labels``."""
-        bounds = self._bounds
-        # bisect_left: a value equal to a bound belongs to that bound's bucket (le = "≤").
-        slots = [bisect_left(bounds, v) for v in values]
-        if not slots:
+    def observe_ages(
+        self, labels: tuple[str, ...], now_ms: float, stamps_ms: Sequence[int]
+    ) -> None:
+        """Record the age in seconds at ``now_ms`` of every timestamp (ms) of ``stamps_ms``
+        under ``labels``; a timestamp after ``now_ms`` counts as age 0."""
+        count = len(stamps_ms)
+        if not count:
             return
-        total = sum(values)
+        ordered = sorted(stamps_ms)
+        # age <= bound  <=>  stamp >= now - bound: events at or under each bound, cumulative.
+        under = [
+            count - bisect_left(ordered, now_ms - bound * 1000.0) if bound >= 0 else 0
+            for bound in self._bounds
+        ]
+        past = bisect_right(ordered, now_ms)  # the others are in the future: age 0
+        total = (past * now_ms - sum(ordered[:past])) / 1000.0
         with self._lock:
             series = self._series.get(labels)
             if series is None:
-                series = self._series[labels] = _Series(len(bounds) + 1)
+                series = self._series[labels] = _Series(len(self._bounds) + 1)
             counts = series.counts
-            for slot in slots:
-                counts[slot] += 1
+            below = 0
+            for slot, cumulative in enumerate(under):
+                counts[slot] += cumulative - below
+                below = cumulative
+            counts[-1] += count - below
             series.total += total
 
     def describe(self) -> Iterable[HistogramMetricFamily]:

@@ -7,7 +7,8 @@ simulated partition instead of Kafka:
   record that goes to the dead-letter topic);
 * ``Ledger``: what the destination and the dead-letter topic durably hold, over every engine
   instance (restarts included), with the order each instance acknowledged in;
-* ``Driver``: one engine instance on the partition: ``fetch`` is ``_take`` + ``advance``,
+* ``Driver``: one engine instance on the partition: ``fetch`` is ``_dispatch`` (which
+  advances once per run of a partition's records; nothing reads the position in between),
   ``send`` is one ``_drive``/``_send`` step (acknowledged, or failed as in ``_after_failure``),
   ``drive`` is the drained-parked-lane ``unpark``, ``flow_control`` is ``apply_rewind``,
   ``commit`` is ``_commit_all`` (and checks every commit against the ledger), ``restart``
@@ -202,7 +203,7 @@ class Driver:
         self.skipped: list[int] = []
         self.unreadable_commits = 0
 
-    # -- what the fetcher does (_dispatch / _take) ----------------------------------------
+    # -- what the fetcher does (_dispatch) ------------------------------------------------------
 
     def fetch(self, count: int = 1) -> list[int]:
         """Deliver up to ``count`` records from ``read_pos``; returns the offsets taken."""
