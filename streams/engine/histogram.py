@@ -10,6 +10,7 @@ The exposition is the standard histogram (``_bucket{le=…}``, ``_sum``, ``_coun
 
 from __future__ import annotations
 
+import math
 import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
@@ -59,13 +60,22 @@ class BatchHistogram(Collector):
         if not count:
             return
         ordered = sorted(stamps_ms)
+        oldest = ordered[0]
         # age <= bound  <=>  stamp >= now - bound: events at or under each bound, cumulative.
-        under = [
-            count - bisect_left(ordered, now_ms - bound * 1000.0) if bound >= 0 else 0
-            for bound in self._bounds
-        ]
+        # Integer thresholds (stamps are whole ms) keep the comparisons int-to-int; once the
+        # oldest event is under a bound, it is under every larger one too.
+        under: list[int] = []
+        for bound in self._bounds:
+            if bound < 0:
+                under.append(0)
+                continue
+            threshold = math.ceil(now_ms - bound * 1000.0)
+            if threshold <= oldest:
+                break
+            under.append(count - bisect_left(ordered, threshold))
+        under.extend([count] * (len(self._bounds) - len(under)))
         past = bisect_right(ordered, now_ms)  # the others are in the future: age 0
-        total = (past * now_ms - sum(ordered[:past])) / 1000.0
+        total = (past * now_ms - sum(ordered if past == count else ordered[:past])) / 1000.0
         with self._lock:
             series = self._series.get(labels)
             if series is None:
