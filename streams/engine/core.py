@@ -76,6 +76,8 @@ class EngineCore:
         self._hard_stop = False
         self._buffered = 0
         self._in_flight = 0
+        # Record key -> tenant id: one lookup instead of decoding every key (bounded).
+        self._tenants: dict[bytes, str] = {}
         self._paused = False
         self._slots = asyncio.Semaphore(self.cfg.max_concurrent_sends)
         self._tasks: set[asyncio.Task[None]] = set()

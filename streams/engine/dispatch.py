@@ -17,6 +17,9 @@ from streams.engine.dlq import DeadLetter
 from streams.engine.lanes import DLQ_LANE, Lane, PartitionLanes
 from streams.errors import DecodeError
 
+_TENANT_CACHE = 100_000
+"""Distinct record keys remembered (then forgotten all at once) by ``_dispatch``."""
+
 
 class Dispatching(Committing):
     """Records → lanes (loop side)."""
@@ -34,6 +37,7 @@ class Dispatching(Committing):
         parts = self._parts
         max_bytes = self.cfg.max_record_bytes
         lane_max = self.cfg.lane_max_events
+        tenants = self._tenants
         part: PartitionLanes | None = None
         number: int | None = -1
         last = -1  # the last offset of the current run, once it took one
@@ -58,7 +62,11 @@ class Dispatching(Committing):
                 last = offset
                 key = msg.key()
                 if key:
-                    tenant = key.decode("utf-8", "replace")
+                    tenant = tenants.get(key)
+                    if tenant is None:
+                        if len(tenants) >= _TENANT_CACHE:
+                            tenants.clear()
+                        tenant = tenants[key] = key.decode("utf-8", "replace")
                     lane = part.lanes.get(tenant) or part.lane(tenant)
                     # Skip already-acknowledged records (re-reads), and those of a parked lane.
                     if offset <= lane.high_water or (
