@@ -64,6 +64,12 @@ class EngineCore:
         self.cfg = config or EngineConfig()
         self.group_id = self.cfg.group_id or f"siem-export-{sink.name}"
         self.metrics = EngineMetrics(registry or REGISTRY, sink.name)
+        # The series updated per fetched batch or per send, looked up once.
+        self._consumed_total = self.metrics.consumed.labels(sink.name, self.topic)
+        self._skipped_total = self.metrics.skipped.labels(sink.name)
+        self._delivered_total = self.metrics.delivered.labels(sink.name)
+        self._buffered_gauge = self.metrics.buffered.labels(sink.name)
+        self._in_flight_gauge = self.metrics.in_flight.labels(sink.name)
         self._codec = codec or AuditEventCodec()
         self._batch_limit: Callable[[str], int] | None = getattr(sink, "batch_limit", None)
         self._dlq = DeadLetterQueue(kafka, topics.dlq, sink.name)

@@ -207,7 +207,7 @@ class Delivering(Dispatching):
         if not timestamps:
             return
         name = self.sink.name
-        self.metrics.delivered.labels(name).inc(len(timestamps))
+        self._delivered_total.inc(len(timestamps))
         self.metrics.latency.observe_ages((name,), time.time() * 1000, timestamps)
         if self.cfg.tenant_labels:
             self.metrics.tenant_delivered.labels(name, lane.tenant_id).inc(len(timestamps))

@@ -40,7 +40,7 @@ class Dispatching(Committing):
         tenants = self._tenants
         part: PartitionLanes | None = None
         number: int | None = -1
-        last = -1  # the last offset of the current run, once it took one
+        last = prev = -1  # the current run's last offset taken, and the one before it
         consumed = skipped = queued = 0
         try:
             for msg in messages:
@@ -51,7 +51,7 @@ class Dispatching(Committing):
                 if msg.partition() != number:
                     if part is not None and last >= 0:
                         part.advance(last)
-                    number, last = msg.partition(), -1
+                    number, last, prev = msg.partition(), -1, -1
                     part = parts.get(number) if number is not None else None
                     if part is not None and part.revoked:
                         part = None
@@ -59,7 +59,7 @@ class Dispatching(Committing):
                 if part is None or offset is None:
                     continue
                 consumed += 1
-                last = offset
+                prev, last = last, offset
                 key = msg.key()
                 if key:
                     tenant = tenants.get(key)
@@ -98,15 +98,17 @@ class Dispatching(Committing):
                 queued += 1
                 if lane.task is None:
                     self._wake(part, lane)
+        except BaseException:
+            last = prev  # the record being taken when this was raised was not taken
+            raise
         finally:
             if part is not None and last >= 0:
                 part.advance(last)
             self._buffered += queued
-            name = self.sink.name
             if consumed:
-                self.metrics.consumed.labels(name, self.topic).inc(consumed)
+                self._consumed_total.inc(consumed)
             if skipped:
-                self.metrics.skipped.labels(name).inc(skipped)
+                self._skipped_total.inc(skipped)
 
     def _keyless_lane(
         self, part: PartitionLanes, msg: Message, offset: int, size: int
@@ -131,7 +133,7 @@ class Dispatching(Committing):
             return None
         lane = part.wants(tenant, offset)
         if lane is None:
-            self.metrics.skipped.labels(self.sink.name).inc()
+            self._skipped_total.inc()
         return lane
 
     def _letter(

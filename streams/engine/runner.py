@@ -185,8 +185,8 @@ class Engine(Delivering):
             self._paused = False
             await self._call(self._resume_all)
             self.metrics.paused.labels(self.sink.name).set(0)
-        self.metrics.buffered.labels(self.sink.name).set(self._buffered)
-        self.metrics.in_flight.labels(self.sink.name).set(self._in_flight)
+        self._buffered_gauge.set(self._buffered)
+        self._in_flight_gauge.set(self._in_flight)
 
     def _pause_all(self) -> None:
         assert self._consumer is not None  # noqa: S101
