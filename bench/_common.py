@@ -377,6 +377,18 @@ def note_small_count(count: int) -> None:
         )
 
 
+def pooled(*rates: Rate) -> Rate:
+    """Several passes of one measurement as one: events, seconds and CPU added up. A phase is
+    compared with the ceiling passes just before and just after it (the machine's speed
+    drifts by a third within minutes, so one pass on one side is a biased reference)."""
+    cpu = [r.cpu_seconds for r in rates]
+    return Rate(
+        sum(r.events for r in rates),
+        sum(r.seconds for r in rates),
+        None if None in cpu else sum(c or 0.0 for c in cpu),
+    )
+
+
 def ratio(rate: Rate, ceiling: Rate) -> str:
     return f"{rate.per_second / ceiling.per_second:.2f}x" if ceiling.per_second else "n/a"
 
