@@ -3,8 +3,8 @@
 Who uses it: the engine's delivery-latency metric. ``prometheus_client.Histogram.observe``
 costs about a microsecond per event, which at tens of thousands of events per second is a
 visible share of the loop thread; acknowledgements arrive in batches, so the engine records
-them per batch: the record timestamps of a batch are sorted once (in C) and each bucket is
-one ``bisect``, so the cost per event is a few C-level operations and one lock per batch.
+them per batch: the record timestamps of a batch are sorted once (in C) and each bucket costs
+at most one ``bisect``, so an event costs a few C-level operations; one lock per batch.
 The exposition is the standard histogram (``_bucket{le=…}``, ``_sum``, ``_count``).
 """
 
