@@ -139,9 +139,8 @@ class Engine(Delivering):
             "max.poll.interval.ms": self.cfg.max_poll_interval_ms,
             "session.timeout.ms": self.cfg.session_timeout_ms,
             "enable.partition.eof": False,
-            # The prefetch queue is most of the process's memory (bench/engine.py: 8 MiB kept
-            # the full rate on a local broker, at 65 MiB less RSS than 32 MiB).
-            "queued.max.messages.kbytes": 8192,
+            # The prefetch queue is most of the process's memory (see the setting).
+            "queued.max.messages.kbytes": self.cfg.queued_max_messages_kbytes,
             "fetch.max.bytes": self.cfg.fetch_max_bytes,
             # librdkafka pauses fetching for fetch.queue.backoff.ms (1 s by default) whenever
             # that queue is full; at our drain rate that idles the poll loop.

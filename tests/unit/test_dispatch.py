@@ -1,4 +1,5 @@
-"""The engine's fetch path (``Dispatching._dispatch``) on fetched batches built in memory.
+"""The engine's fetch path (``Dispatching._dispatch``) on fetched batches built in memory,
+and the consumer settings it fetches with.
 
 The real-broker tests (tests/integration/test_engine*.py) cover the whole engine; these pin
 the bookkeeping of one pass over a batch: runs of partitions, skips, the tenant-id cache, a
@@ -7,6 +8,7 @@ full lane, and what the read position says when taking a record raises.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -15,6 +17,8 @@ import pytest
 from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
+from connectors.errors import SettingsError
+from connectors.settings import load_settings
 from streams.config import KafkaConfig, TopicsConfig
 from streams.engine import dispatch
 from streams.engine.config import EngineConfig
@@ -59,14 +63,14 @@ class FakeMessage:
 class Harness:
     """An engine that owns partitions 0 and 1 (committed at 100) and is never started."""
 
-    def __init__(self, **cfg: Any) -> None:
+    def __init__(self, config: EngineConfig | None = None, **cfg: Any) -> None:
         self.registry = CollectorRegistry()
         self.engine = Engine(
             # Nothing listens there: the dead-letter producer is never used here.
             KafkaConfig(bootstrap_servers="127.0.0.1:9"),
             TopicsConfig(events=TOPIC),
             RecordingSink(),
-            EngineConfig(group_id="unit", **cfg),
+            config or EngineConfig(group_id="unit", **cfg),
             registry=self.registry,
         )
         self.woken: list[tuple[int, str]] = []
@@ -99,8 +103,8 @@ class Harness:
 def harness() -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
-    def make(**cfg: Any) -> Harness:
-        made.append(Harness(**cfg))
+    def make(config: EngineConfig | None = None, **cfg: Any) -> Harness:
+        made.append(Harness(config, **cfg))
         return made[-1]
 
     yield make
@@ -194,3 +198,24 @@ def test_a_record_that_raises_is_not_counted_as_read(harness: Callable[..., Harn
     assert h.part(1).read_pos == 101
     assert h.sample("siem_export_consumed_total", topic=TOPIC) == 4
     assert calls == 4
+
+
+def test_fetch_settings_reach_the_consumer(
+    harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("SIEM_EXPORT_"):
+            monkeypatch.delenv(name)
+    assert harness().engine._consumer_config()["queued.max.messages.kbytes"] == 8192
+    monkeypatch.setenv("SIEM_EXPORT_ENGINE__QUEUED_MAX_MESSAGES_KBYTES", "32768")
+    monkeypatch.setenv("SIEM_EXPORT_ENGINE__FETCH_MAX_BYTES", "16777216")
+    config = harness(load_settings().engine).engine._consumer_config()
+    assert config["queued.max.messages.kbytes"] == 32768
+    assert config["fetch.max.bytes"] == 16 * 1024 * 1024
+    # What the engine's guarantees rest on stays the engine's.
+    assert config["enable.auto.commit"] is False
+    assert config["enable.auto.offset.store"] is False
+    assert config["partition.assignment.strategy"] == "cooperative-sticky"
+    monkeypatch.setenv("SIEM_EXPORT_ENGINE__QUEUED_MAX_MESSAGES_KBYTES", "100")
+    with pytest.raises(SettingsError, match="queued_max_messages_kbytes"):
+        load_settings()
