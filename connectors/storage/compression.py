@@ -170,23 +170,41 @@ class FileOutput:
         if not stored:
             return
         if self.file is None and len(self.memory) + len(stored) > self._threshold:
-            # Outlives this call (closed by close() or FinishedFile.release): no `with`.
-            spill = tempfile.TemporaryFile(  # noqa: SIM115
-                dir=self._spill_dir, prefix="siem-export-storage-"
-            )
-            try:
-                spill.write(self.memory)
-            except BaseException:
-                spill.close()
-                raise
-            # A new object, not clear(): the old buffer's memory goes back at once.
-            self.file, self.memory = spill, bytearray()
+            self.spill()
         if self.file is not None:
             self.file.write(stored)
         else:
             self.memory += stored
         self.hash.update(stored)
         self.stored += len(stored)
+
+    def spill(self) -> None:
+        """Move the stored content to an anonymous temporary file now; what comes later goes
+        there too. Nothing happens if it is there already. OSError if the disk refuses (the
+        content stays in memory)."""
+        if self.file is not None:
+            return
+        # Outlives this call (closed by close() or FinishedFile.release): no `with`.
+        spill = tempfile.TemporaryFile(  # noqa: SIM115
+            dir=self._spill_dir, prefix="siem-export-storage-"
+        )
+        try:
+            spill.write(self.memory)
+        except BaseException:
+            spill.close()
+            raise
+        # A new object, not clear(): the old buffer's memory goes back at once.
+        self.file, self.memory = spill, bytearray()
+
+    def spill_job(self) -> None:
+        """``spill`` in the worker, after the file's chunks submitted before it; a failure is
+        kept for the builder, like ``compress_job``'s."""
+        if self.dropped or self.error is not None:
+            return
+        try:
+            self.spill()
+        except BaseException as exc:  # noqa: BLE001 - handed to the builder's thread
+            self.error = exc
 
     def close(self) -> None:
         """Drop the content and the compressor, close the temporary file."""

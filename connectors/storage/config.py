@@ -147,6 +147,15 @@ class StorageSettings(BaseModel):
         description="Stored (compressed) bytes an open file keeps in memory; beyond them its "
         "content moves to an anonymous temporary file in spill_dir. 0: always on disk.",
     )
+    open_memory_bytes: int = Field(
+        default=256 * MiB,
+        ge=0,
+        le=64 * GiB,
+        description="Stored content of open files that may stay in memory, all files together "
+        "(each also within spill_threshold_bytes). Past it, the open files holding most move "
+        "their content to anonymous temporary files in spill_dir until a quarter of it is "
+        "free, so a backlog over thousands of tenants costs disk, not RAM.",
+    )
     spill_dir: Path | None = Field(
         default=None, description="Directory of the temporary files (default: the system's)."
     )

@@ -127,6 +127,7 @@ class FileBuilder:
         self._opened_at: float | None = None
         self._uncompressed = 0
         self._state = "open"  # open | finished | discarded | broken
+        self._spill_asked = False
 
     @classmethod
     def for_destination(
@@ -200,6 +201,39 @@ class FileBuilder:
     def spilled(self) -> bool:
         """True once the content lives in a temporary file."""
         return self._out.file is not None
+
+    @property
+    def stored_memory_bytes(self) -> int:
+        """Stored (compressed, if gzip) bytes still in memory: what ``spill`` moves to disk
+        (0 once it was asked, also while the worker has yet to do it)."""
+        return 0 if self._spill_asked else len(self._out.memory)
+
+    def spill(self) -> int:
+        """Move the stored content to the file's temporary file now, before the spill
+        threshold (the sink does it when the open files together hold too much memory); what
+        comes later goes there too. Returns the bytes moved (with a worker still holding
+        chunks of the file, those in memory when asked: the move runs after those chunks).
+
+        The uncompressed content not yet compressed stays (compressing it early would start
+        zlib's state, which costs more than it holds). The bytes of the object are the same.
+        An OSError (disk full) leaves the builder unusable, as in ``add_batch``; with a worker
+        it comes from the next call that meets the worker's error.
+        """
+        self._check_open()
+        out = self._out
+        moved = 0 if out.file is not None or self._spill_asked else len(out.memory)
+        if not moved:
+            return 0
+        try:
+            if self._worker is not None and out.jobs:
+                self._worker.submit(out.spill_job, 0, out)
+            else:
+                out.spill()
+        except BaseException:
+            self._state = "broken"
+            raise
+        self._spill_asked = True
+        return moved
 
     def add(self, json_bytes: bytes, offset: int, timestamp_ms: int) -> None:
         """Append one event's JSON (one line, no ``\\n``) at ``offset`` of the partition;

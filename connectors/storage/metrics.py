@@ -73,6 +73,12 @@ class StorageMetrics:
             ["reason"],
             registry=registry,
         )
+        self.budget_spills = Counter(
+            "siem_export_storage_budget_spills",
+            "Open files whose content moved to local disk before their own spill threshold, "
+            "because the open files together held more than open_memory_bytes in memory.",
+            registry=registry,
+        )
         self.unrouted = Counter(
             "siem_export_storage_unrouted_events",
             "Events of tenants without a storage destination (acknowledged, not written).",

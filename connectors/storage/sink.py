@@ -37,7 +37,9 @@ one. The engine commits every ``commit_interval_seconds`` (2 s by default): the 
 long.
 
 Memory: an open file keeps at most ``spill_threshold_bytes`` in memory and spills the rest to
-an anonymous temporary file; closed files waiting for an upload slot keep at most
+an anonymous temporary file, and all open files together keep at most ``open_memory_bytes`` of
+stored content in memory (past it, those holding most move to their temporary files early:
+``_shed_memory``); closed files waiting for an upload slot keep at most
 ``waiting_memory_bytes`` in memory all together, the others wait on disk; the engine keeps only
 a timestamp per event in custody. Backpressure: while too many files (or events) are not yet
 written, a lane whose destination has some of them opens no new file: ``send`` raises a
@@ -97,6 +99,8 @@ class _OpenFile:
     """Content bytes in memory, as last counted in the buffered_bytes gauge."""
     disk: int = 0
     """Content bytes in its temporary file, as last counted."""
+    stored: int = 0
+    """Of ``memory``, the stored (compressed) bytes: what ``FileBuilder.spill`` can move."""
 
 
 @dataclass(eq=False)
@@ -136,6 +140,7 @@ class StorageSink:
         self._open: dict[FileKey, _OpenFile] = {}
         self._open_memory = 0
         self._open_disk = 0
+        self._open_stored = 0
         self._writers: dict[StorageDestination, ObjectWriter] = {}
         self._resend_from: dict[FileKey, int] = {}
         self._queue = UploadQueue(settings, self.metrics, self._write)
@@ -220,11 +225,15 @@ class StorageSink:
             error = SinkError(f"{endpoint}: cannot buffer the file locally: {exc}", retriable=True)
             self._drop(key, error)
             raise error from None
-        self._count_open(current, builder.memory_bytes, builder.disk_bytes)
+        self._count_open(
+            current, builder.memory_bytes, builder.disk_bytes, builder.stored_memory_bytes
+        )
         future = current.future
         reason = self._due_reason(current)
         if reason is not None:
             self._close(key, reason)
+        if self._open_stored > self.settings.open_memory_bytes:
+            self._shed_memory()
         return SendResult(pending=future, settled=None if taken == len(batch) else taken)
 
     def _due_reason(self, current: _OpenFile) -> str | None:
@@ -344,16 +353,57 @@ class StorageSink:
         self.metrics.open.dec()
         if current.timer is not None:
             current.timer.cancel()
-        self._count_open(current, 0, 0)
+        self._count_open(current, 0, 0, 0)
         return current
 
-    def _count_open(self, current: _OpenFile, memory: int, disk: int) -> None:
-        """Record an open file's content bytes now (0, 0: it is no longer open)."""
+    def _count_open(self, current: _OpenFile, memory: int, disk: int, stored: int) -> None:
+        """Record an open file's content bytes now (0, 0, 0: it is no longer open)."""
         self._open_memory += memory - current.memory
         self._open_disk += disk - current.disk
-        current.memory, current.disk = memory, disk
+        self._open_stored += stored - current.stored
+        current.memory, current.disk, current.stored = memory, disk, stored
         self.metrics.open_memory.set(self._open_memory)
         self.metrics.open_disk.set(self._open_disk)
+
+    def _shed_memory(self) -> None:
+        """The open files hold more stored content in memory than ``open_memory_bytes``: move
+        that of the files holding most to their temporary files until a quarter of the budget
+        is free (each move is one file's content written once; the rest stays in memory).
+
+        A file that cannot move (disk full, or its builder already failed) is dropped like
+        one whose local buffer failed: its events come again from Kafka.
+        """
+        budget = self.settings.open_memory_bytes
+        target = budget - budget // 4
+        before, files = self._open_stored, 0
+        by_size = sorted(self._open.items(), key=lambda item: item[1].stored, reverse=True)
+        for key, current in by_size:
+            if self._open_stored <= target or not current.stored:
+                break
+            try:
+                moved = current.builder.spill()
+            except Exception as exc:  # noqa: BLE001 - whatever broke the builder, the file is lost
+                error = SinkError(
+                    f"{current.dest.endpoint()}: cannot move the open file to local disk: {exc}",
+                    retriable=True,
+                )
+                first = current.builder.first_offset
+                if first is not None:  # later batches of the lane wait for the re-read
+                    self._resend_from[key] = min(first, self._resend_from.get(key, first))
+                self._drop(key, error)
+                continue
+            files += 1
+            self._count_open(current, max(0, current.memory - moved), current.disk + moved, 0)
+        self.metrics.budget_spills.inc(files)
+        _log.info(
+            "Open files moved to local disk: together they held more than open_memory_bytes.",
+            extra={
+                "files": files,
+                "memory_bytes_before": before,
+                "memory_bytes_after": self._open_stored,
+                "open_memory_bytes": budget,
+            },
+        )
 
     # --- writing --------------------------------------------------------------------------
 

@@ -327,10 +327,13 @@ def test_settings_defaults_and_bounds(tmp_path: Path) -> None:
     assert settings.compression_level == 6 and not settings.allow_http
     assert settings.health.failing_after_failures >= 1
     assert (settings.max_concurrent_uploads, settings.drain_concurrent_uploads) == (16, 64)
-    assert settings.waiting_memory_bytes == 32 * MiB
+    assert settings.waiting_memory_bytes == 32 * MiB and settings.open_memory_bytes == 256 * MiB
     assert (settings.max_waiting_files, settings.max_waiting_events) == (1000, 2_000_000)
     assert StorageSettings(spill_dir=tmp_path, spill_threshold_bytes=0).spill_dir == tmp_path
     assert StorageSettings(waiting_memory_bytes=0).waiting_memory_bytes == 0
+    assert StorageSettings(open_memory_bytes=0).open_memory_bytes == 0
+    with pytest.raises(ValidationError, match="open_memory_bytes"):
+        StorageSettings(open_memory_bytes=-1)
     with pytest.raises(ValidationError, match="max_waiting_files"):
         StorageSettings(max_waiting_files=0)
     with pytest.raises(ValidationError, match="part_size_bytes"):

@@ -602,3 +602,81 @@ def test_the_worker_runs_jobs_in_order_and_bounds_what_waits() -> None:
     assert worker.pending_bytes == 0
     with pytest.raises(RuntimeError, match="closed"):
         worker.submit(lambda: None, 0)
+
+
+# --- moving an open file to disk early (the sink's memory budget of all open files) -------
+
+
+def wait_idle(worker: CompressionWorker) -> None:
+    deadline = time.monotonic() + 30
+    while worker.pending_bytes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not worker.pending_bytes
+
+
+def test_spill_moves_the_stored_content_to_disk_before_the_threshold(spill_dir: Path) -> None:
+    event = b'{"x":"' + b"a" * 91 + b'"}'  # 100 stored bytes per event
+    builder = FileBuilder(compression="none", spill_threshold_bytes=10_000, spill_dir=spill_dir)
+    assert builder.spill() == 0 and not builder.spilled  # nothing stored: nothing to move
+    for offset in range(10):
+        builder.add(event, offset, 0)
+    assert builder.stored_memory_bytes == builder.memory_bytes == 1000
+    assert builder.spill() == 1000
+    assert builder.spilled and builder.memory_bytes == builder.stored_memory_bytes == 0
+    assert builder.disk_bytes == 1000 and builder.spill() == 0
+    for offset in range(10, 20):  # what comes later follows it to disk
+        builder.add(event, offset, 0)
+    assert builder.memory_bytes == 0 and builder.disk_bytes == 2000
+    with builder.finish() as finished:
+        assert finished.spilled and content_of(finished) == (event + b"\n") * 20
+        assert finished.sha256 == hashlib.sha256((event + b"\n") * 20).hexdigest()
+
+
+@pytest.mark.parametrize("worker_busy", [False, True])
+def test_a_gzip_file_spilled_early_has_the_same_bytes(
+    spill_dir: Path, worker: CompressionWorker, worker_busy: bool
+) -> None:
+    """Moved while the worker has none of the file (at once) or still has a chunk of it (the
+    move waits for the chunk): the object is byte for byte the one never moved, and the
+    uncompressed content collected so far is not compressed early."""
+    lines = many_lines(2000)
+    alone = FileBuilder(spill_dir=spill_dir)
+    add_in_batches(alone, lines, 250)
+    builder = FileBuilder(spill_dir=spill_dir, worker=worker)
+    add_in_batches(builder, lines[:500], 250)  # ~100 KB each: handed to the idle worker
+    wait_idle(worker)
+    assert builder.stored_memory_bytes > 0 and not builder.spilled
+    gate = threading.Event()
+    try:
+        if worker_busy:
+            worker.submit(gate.wait, 0)
+            add_in_batches(builder, lines[500:750], 250, start=500)  # handed over, waits
+        collected = builder.memory_bytes - builder.stored_memory_bytes
+        stored = builder.stored_memory_bytes
+        assert builder.spill() == stored > 0
+        assert builder.spilled is not worker_busy  # behind the file's chunk in the worker
+        assert builder.stored_memory_bytes == 0 and builder.spill() == 0  # asked once
+    finally:
+        gate.set()
+    wait_idle(worker)
+    assert builder.spilled and builder.stored_memory_bytes == 0
+    assert builder.memory_bytes == collected  # only what was not compressed: not compressed early
+    done = 750 if worker_busy else 500
+    add_in_batches(builder, lines[done:], 250, start=done)
+    with alone.finish() as expected, builder.finish_async().result(timeout=30) as got:
+        assert not expected.spilled and got.spilled
+        assert (got.size, got.sha256, got.count) == (expected.size, expected.sha256, 2000)
+        assert content_of(got) == content_of(expected)
+
+
+def test_a_failed_early_spill_breaks_the_builder(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    builder = FileBuilder(compression="none", spill_dir=gone)
+    builder.add(b"{}", 0, 0)
+    gone.rmdir()
+    with pytest.raises(OSError):
+        builder.spill()
+    with pytest.raises(ValueError, match="broken"):
+        builder.add(b"{}", 1, 0)
+    builder.discard()

@@ -534,3 +534,96 @@ async def test_a_local_failure_in_the_worker_fails_the_file(tmp_path: Path) -> N
     with pytest.raises(SinkError, match="earlier file"):  # the lane re-reads from its start
         await rig.sink.send(TENANT, lane(2, start=20))
     await rig.sink.close()
+
+
+# --- the memory budget of open files -------------------------------------------------------
+
+
+def budget_spills(rig: Rig) -> float:
+    value = rig.registry.get_sample_value("siem_export_storage_budget_spills_total")
+    assert value is not None
+    return value
+
+
+def object_of(rig: Rig, partition: int, first: int) -> bytes:
+    [key] = [k for k in rig.store.objects if k.endswith(f"/{TENANT}-{partition}-{first}.jsonl")]
+    return rig.store.objects[key][0]
+
+
+async def test_open_files_past_the_memory_budget_move_to_disk_largest_first(
+    tmp_path: Path,
+) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    plain = {**S3, "compression": "none", "max_events": 1000}
+    rig = Rig(tmp_path, plain, open_memory_bytes=20_000, spill_dir=spill)
+    small = [await rig.send(lane(5, partition=p)) for p in (1, 2)]
+    within = buffered(rig, "memory", "open")
+    assert 0 < within < 15_000 and budget_spills(rig) == 0 and spill_files(spill) == 0
+    large_batch = lane(100, partition=0)
+    large = await rig.send(large_batch)  # passes the budget on its own
+    # The file holding most moved; the small ones, within three quarters of it, stayed.
+    assert budget_spills(rig) == 1 and spill_files(spill) == 1
+    assert buffered(rig, "memory", "open") == within
+    moved = buffered(rig, "disk", "open")
+    assert moved > 20_000
+    later_batch = lane(5, start=200, partition=0)
+    later = await rig.send(later_batch)  # the moved file goes on, on disk
+    assert buffered(rig, "memory", "open") == within and buffered(rig, "disk", "open") > moved
+    assert budget_spills(rig) == 1
+    rig.sink.flush(None)
+    for result in [*small, large, later]:
+        await asyncio.wait_for(result.pending, 5)  # type: ignore[arg-type]
+    content = object_of(rig, 0, 0)
+    events = [json.loads(line) for line in content.splitlines()]
+    assert [e["event_id"] for e in events] == [
+        e.event["event_id"] for e in [*large_batch, *later_batch]
+    ]
+    assert rig.store.objects[next(iter(rig.store.objects))][1]["sha256"]  # metadata kept
+    assert spill_files(spill) == 0
+    await rig.sink.close()
+
+
+async def test_a_file_the_budget_moved_to_disk_is_the_same_object(tmp_path: Path) -> None:
+    async def written(rig: Rig) -> dict[str, bytes]:
+        batch = lane(900)
+        results = []
+        for at in range(0, 900, 100):
+            results.append(await rig.send(batch[at : at + 100]))
+            while rig.sink._worker.pending_bytes:  # its chunks compressed: stored bytes
+                await asyncio.sleep(0.005)
+        rig.sink.flush(None)
+        for result in results:
+            await asyncio.wait_for(result.pending, 10)  # type: ignore[arg-type]
+        await rig.sink.close()
+        return {key: value[0] for key, value in rig.store.objects.items()}
+
+    for name in ("kept", "moved", "spill"):
+        (tmp_path / name).mkdir()
+    entry = {**S3, "max_events": 100_000}
+    kept = Rig(tmp_path / "kept", entry)
+    moved = Rig(tmp_path / "moved", entry, open_memory_bytes=1, spill_dir=tmp_path / "spill")
+    assert await written(moved) == await written(kept)
+    assert budget_spills(moved) >= 1 and budget_spills(kept) == 0
+
+
+async def test_a_file_that_cannot_move_to_disk_comes_again_from_kafka(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    plain = {**S3, "compression": "none", "max_events": 1000}
+    rig = Rig(tmp_path, plain, open_memory_bytes=1000, spill_dir=gone)
+    gone.rmdir()
+    result = await rig.send(lane(5))  # ~2 KB: passes the budget; the move fails
+    with pytest.raises(SinkError, match="cannot move the open file to local disk") as failed:
+        await asyncio.wait_for(result.pending, 5)  # type: ignore[arg-type]
+    assert failed.value.retriable and budget_spills(rig) == 0
+    assert gauge(rig, "open_files") == 0 and buffered(rig, "memory", "open") == 0
+    with pytest.raises(SinkError, match="earlier file"):  # the lane re-reads from its start
+        await rig.sink.send(TENANT, lane(2, start=20))
+    gone.mkdir()
+    again = await rig.send(lane(5))  # from its first event: a new file, moved this time
+    assert budget_spills(rig) == 1 and gauge(rig, "open_files") == 1
+    rig.sink.flush(None)
+    await asyncio.wait_for(again.pending, 5)  # type: ignore[arg-type]
+    assert len(rig.store.objects) == 1
+    await rig.sink.close()
