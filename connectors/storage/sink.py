@@ -365,6 +365,11 @@ class StorageSink:
         self.metrics.open_memory.set(self._open_memory)
         self.metrics.open_disk.set(self._open_disk)
 
+    def _resend_from_at(self, key: FileKey, first_offset: int) -> None:
+        """A file of the lane from ``first_offset`` on is lost: refuse the lane's later batches
+        until the engine offers that offset again (the guard at the top of ``send``)."""
+        self._resend_from[key] = min(first_offset, self._resend_from.get(key, first_offset))
+
     def _shed_memory(self) -> None:
         """The open files hold more stored content in memory than ``open_memory_bytes``: move
         that of the files holding most to their temporary files until a quarter of the budget
@@ -389,7 +394,7 @@ class StorageSink:
                 )
                 first = current.builder.first_offset
                 if first is not None:  # later batches of the lane wait for the re-read
-                    self._resend_from[key] = min(first, self._resend_from.get(key, first))
+                    self._resend_from_at(key, first)
                 self._drop(key, error)
                 continue
             files += 1
@@ -480,7 +485,7 @@ class StorageSink:
             )
         else:
             error = SinkError(reason, retriable=not permanent)
-        self._resend_from[key] = min(first_offset, self._resend_from.get(key, first_offset))
+        self._resend_from_at(key, first_offset)
         # The lane reads everything from this file's first event again (this future first, so
         # the engine parks there); a newer open or waiting file would hold events after the gap.
         _settle(future, error)
