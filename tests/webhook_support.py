@@ -27,6 +27,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from connectors.destinations import Destinations, load_destinations
 from connectors.webhook.sink import WebhookSink
+from streams.codec import AuditEventCodec
 from streams.engine.sink import Envelope
 from streams.errors import SinkError
 from streams.event import parse_timestamp, validate_event
@@ -145,21 +146,34 @@ class Receiver:
         return await self.answer(hit)
 
 
+_CODEC = AuditEventCodec()
+
+
 def envelope(event: Mapping[str, Any], offset: int = 0) -> Envelope:
-    """The engine's wrapping of one validated event (no Kafka involved)."""
+    """The engine's wrapping of one validated event (no Kafka involved): the record as the
+    publisher encodes it and the decoder the engine attaches, so a sink that releases events
+    after encoding them (``Envelope.release``) does so here as it does in production."""
     canonical = validate_event(event)
-    env = Envelope(
+    raw = _CODEC.encode(canonical)
+    return Envelope(
         topic="audit.events",
         partition=0,
         offset=offset,
         timestamp_ms=parse_timestamp(canonical["timestamp"]),
         tenant_id=canonical["tenant_id"],
         event=canonical,
-        size=0,
-        raw=b"",
+        size=len(raw),
+        raw=raw,
+        decode=_CODEC.decode,
     )
-    env.size = len(env.json)
-    return env
+
+
+def again(batch: Sequence[Envelope]) -> list[Envelope]:
+    """``batch`` as the engine offers it again (a retry, or the rest after a partial answer):
+    events the sink released after encoding them are decoded again."""
+    for env in batch:
+        env.restore()
+    return list(batch)
 
 
 def envelopes(tenant_id: str, count: int, seed: int = 1) -> list[Envelope]:

@@ -48,6 +48,11 @@ class Delivering(Dispatching):
                     self._in_flight += len(lane.in_flight)
                     if not lane.in_flight:
                         continue  # every record taken was dead-lettered
+                else:
+                    # Offered again (a retry, or the rest after a partial answer): the sink
+                    # may have released some of these events after its last attempt.
+                    for env in lane.in_flight:
+                        env.restore()
                 await self._send(part, lane)
         finally:
             lane.task = None
@@ -80,7 +85,15 @@ class Delivering(Dispatching):
                 if event["tenant_id"] == tenant:
                     append(
                         Envelope(
-                            topic, partition, offset, timestamp_ms, tenant, event, len(value), value
+                            topic,
+                            partition,
+                            offset,
+                            timestamp_ms,
+                            tenant,
+                            event,
+                            len(value),
+                            value,
+                            decode,
                         )
                     )
                     continue

@@ -39,6 +39,7 @@ from tests.webhook_support import (
     LoopbackResolver,
     Receiver,
     Rig,
+    again,
     envelope,
     envelopes,
     hook,
@@ -192,12 +193,12 @@ async def test_every_request_verifies_and_retries_keep_the_webhook_id(
     )
     [env] = envelopes(TENANT, 1)
     assert (await rig.fail(TENANT, [env])).retriable  # first attempt: 500
-    assert await rig.sink.send(TENANT, [env]) is None  # the retry
+    assert await rig.sink.send(TENANT, again([env])) is None  # the retry
     batch = envelopes(OTHER, 3, seed=2)
     assert await rig.sink.send(OTHER, batch) is None
     assert receiver.bad_signatures == 0
     first, retry, batched = receiver.hits
-    assert first.headers["webhook-id"] == retry.headers["webhook-id"] == env.event["event_id"]
+    assert first.headers["webhook-id"] == retry.headers["webhook-id"] == env.restore()["event_id"]
     assert first.body == retry.body == env.json
     assert batched.headers["webhook-id"].startswith("batch_")
     with pytest.raises(WebhookVerificationError):  # the check is not vacuous
@@ -291,7 +292,7 @@ async def test_410_disables_until_the_destination_changes(
     assert "410" in record["reason"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["since"])
 
-    error = await rig.fail(TENANT, [spec_env])  # no request while disabled
+    error = await rig.fail(TENANT, again([spec_env]))  # no request while disabled
     assert not error.retriable
     assert "disabled" in str(error)
     assert len(receiver.hits) == 1
@@ -301,7 +302,7 @@ async def test_410_disables_until_the_destination_changes(
     rig.sink.update_destinations(rig.dests, new)
     assert rig.states() == ["disabled", "recovered"]
     assert rig.records()[1]["endpoint"] == f"{receiver.base}/v2"
-    assert await rig.sink.send(TENANT, [spec_env]) is None
+    assert await rig.sink.send(TENANT, again([spec_env])) is None
     assert [hit.path for hit in receiver.hits] == ["/gone", "/v2"]
 
 
@@ -314,7 +315,7 @@ async def test_401_alerts_at_once_and_recovers(
     assert "HTTP 401" in str(error)
     assert one.states() == ["failing"]
     assert "401" in one.records()[0]["reason"]
-    assert await one.sink.send(TENANT, [spec_env]) is None
+    assert await one.sink.send(TENANT, again([spec_env])) is None
     assert one.states() == ["failing", "recovered"]
 
 
@@ -350,7 +351,7 @@ async def test_413_halves_the_request_in_order(
     assert await rig.sink.send(TENANT, batch) == SendResult(settled=2)
     assert rig.sink.batch_limit(TENANT) == 2
     assert [len(hit.events()) for hit in receiver.hits] == [8, 4, 2]
-    ids = [env.event["event_id"] for env in batch]
+    ids = [env.restore()["event_id"] for env in batch]
     assert [[e["event_id"] for e in hit.events()] for hit in receiver.hits] == [
         ids[:8],
         ids[:4],
@@ -358,9 +359,26 @@ async def test_413_halves_the_request_in_order(
     ]
     assert rig.metric("siem_export_webhook_batch_splits_total") == 2
     # The endpoint's batch size stays halved: the rest goes two at a time at once.
-    assert await rig.sink.send(TENANT, batch[2:]) == SendResult(settled=2)
+    assert await rig.sink.send(TENANT, again(batch[2:])) == SendResult(settled=2)
     assert [e["event_id"] for e in receiver.hits[-1].events()] == ids[2:4]
     assert rig.alerts == []
+
+
+async def test_the_events_of_a_request_are_freed_once_encoded(
+    make_rig: RigFn, receiver: Receiver, ca_bundle: Path
+) -> None:
+    rig = make_rig({TENANT: hook(f"{receiver.base}/in", ca_bundle, max_events_per_request=2)})
+    receiver.answer = replies(503, then=204)
+    batch = envelopes(TENANT, 3)
+    expected = [env.restore()["event_id"] for env in batch]
+    error = await rig.fail(TENANT, batch)
+    assert error.retriable
+    # The two events the request carried were released; the third was not taken.
+    assert [env.event == {} for env in batch] == [True, True, False]
+    assert await rig.sink.send(TENANT, again(batch)) == SendResult(settled=2)
+    first, retry = receiver.hits
+    assert first.body == retry.body
+    assert [e["event_id"] for e in retry.events()] == expected[:2]
 
 
 async def test_413_of_a_single_event_rejects_it(
@@ -425,7 +443,7 @@ async def test_splunk_hec_envelopes(make_rig: RigFn, receiver: Receiver, ca_bund
     for line, env in zip(lines, batch, strict=True):
         time_text = re.match(rb'\{"time":(\d+\.\d{3}),', line)
         assert time_text is not None
-        stamp = datetime.fromisoformat(env.event["timestamp"].replace("Z", "+00:00"))
+        stamp = datetime.fromisoformat(env.restore()["timestamp"].replace("Z", "+00:00"))
         assert float(time_text[1]) == pytest.approx(stamp.timestamp(), abs=1e-6)
         assert line.endswith(b',"event":' + env.json + b"}")
         hec = json.loads(line)
