@@ -458,12 +458,18 @@ def slowest_lane(stats: dict[str, Any], first: float) -> str:
     posts = stats["tenant_requests"].get(tenant, 0)
     start = min(arrival[e] for e in by_tenant[tenant])
     per_post = (ends[tenant] - start) / max(posts - 1, 1) * 1000
+    # Its longest pause (events of one POST arrive together): a lane left without events
+    # (parked, waiting for a re-read) shows here, where the mean hides it.
+    times = sorted({arrival[e] for e in by_tenant[tenant]})
+    gap, gap_at = max(
+        ((b - a, a) for a, b in zip(times, times[1:], strict=False)), default=(0.0, first)
+    )
     biggest = max(by_tenant, key=lambda t: len(by_tenant[t]))
     return (
         f"last lane to finish: {tenant} ({events} events = {events / total:.1%}"
         f"{', the largest tenant' if tenant == biggest else ''}) at "
         f"{ends[tenant] - first:.2f} s, {posts} POSTs one after another, "
-        f"{per_post:.1f} ms apart"
+        f"{per_post:.1f} ms apart (longest pause {gap * 1000:.0f} ms, at {gap_at - first:.2f} s)"
     )
 
 

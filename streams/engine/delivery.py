@@ -48,6 +48,8 @@ class Delivering(Dispatching):
                     self._in_flight += len(lane.in_flight)
                     if not lane.in_flight:
                         continue  # every record taken was dead-lettered
+                    if lane.parked_from is not None:
+                        part.refill(lane, self.cfg.lane_max_events // 2)
                 else:
                     # Offered again (a retry, or the rest after a partial answer): the sink
                     # may have released some of these events after its last attempt.
@@ -241,6 +243,7 @@ class Delivering(Dispatching):
             self._buffered -= len(lane.queue)
             lane.queue.clear()
             lane.parked_from = first if lane.parked_from is None else min(lane.parked_from, first)
+            lane.unpark_requested = False  # a re-read asked for earlier starts too high
             lane.high_water = min(lane.high_water, first - 1)
             lane.failures += 1
             lane.retry_at = time.monotonic() + self._backoff(lane, error)

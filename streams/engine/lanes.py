@@ -214,7 +214,26 @@ class PartitionLanes:
             dropped += 1
         if lane.parked_from is None or from_offset < lane.parked_from:
             lane.parked_from = from_offset
+        # A re-read asked for earlier (``refill``) may start above what was just dropped: the
+        # lane asks again, from its new park point, once it is drained.
+        lane.unpark_requested = False
         return dropped
+
+    def refill(self, lane: Lane, below: int) -> bool:
+        """Ask early for the re-read of a lane that parked because it was full.
+
+        A healthy parked lane (no failure since) with fewer than ``below`` events queued
+        requests its re-read now, while it still has events to send, instead of once it is
+        drained: otherwise it would stand idle for the seek and the fetch, or for as long as
+        the process's buffer cap keeps fetching paused. Records re-read join its queue behind
+        those it holds. True if it asked.
+        """
+        if lane.parked_from is None or lane.unpark_requested or lane.failures:
+            return False
+        if len(lane.queue) >= below:
+            return False
+        self.unpark(lane)
+        return True
 
     def unpark(self, lane: Lane) -> None:
         """Let a parked lane take its events again: re-read them from Kafka.

@@ -10,7 +10,8 @@ simulated partition instead of Kafka:
 * ``Driver``: one engine instance on the partition: ``fetch`` is ``_dispatch`` (which
   advances once per run of a partition's records; nothing reads the position in between),
   ``send`` is one ``_drive``/``_send`` step (acknowledged, or failed as in ``_after_failure``),
-  ``drive`` is the drained-parked-lane ``unpark``, ``flow_control`` is ``apply_rewind``,
+  ``drive`` is the drained-parked-lane ``unpark``, ``refill`` the early one of a full lane
+  that still has events (``PartitionLanes.refill``), ``flow_control`` is ``apply_rewind``,
   ``commit`` is ``_commit_all`` (and checks every commit against the ledger), ``restart``
   builds the next instance from the last commit.
 """
@@ -285,6 +286,16 @@ class Driver:
         if lane.queue or lane.in_flight or lane.custody:
             return False
         self.part.unpark(lane)
+        if self.auto_rewind:
+            self.flow_control()
+        return True
+
+    def refill(self, tenant: str) -> bool:
+        """What ``_drive`` does after taking a batch: a full lane that parked asks for its
+        re-read while it still holds fewer than half a queue; True if it asked."""
+        lane = self.part.lanes.get(tenant)
+        if lane is None or not self.part.refill(lane, max(1, self.queue_cap // 2)):
+            return False
         if self.auto_rewind:
             self.flow_control()
         return True
@@ -648,6 +659,7 @@ def simulate(
     auto_rewind: bool = False,
     check_metadata: bool = True,
     runner_park_point: bool = False,
+    early_refill: bool = False,
     ticks: int = 200,
 ) -> Outcome:
     """A random partition and a random destination, driven in the runner's order.
@@ -667,7 +679,10 @@ def simulate(
     fail_rate = {t: rng.choice([0.0, 0.1, 0.4, 0.8]) for t in tenants}
     drv = Driver(
         stream,
-        queue_cap=rng.choice([2, 4, 1_000]) if park else 1_000_000,
+        # (8: an early re-read can be asked for while more than a batch is still queued)
+        queue_cap=rng.choice([2, 4, 8, 1_000] if early_refill else [2, 4, 1_000])
+        if park
+        else 1_000_000,
         park_after=rng.choice([1, 2, 3]) if park else 1_000_000,
         batch=rng.choice([1, 2, 3]),
         limit=limit,
@@ -681,6 +696,10 @@ def simulate(
         for tenant in list(drv.part.lanes):
             if tenant != DLQ_LANE and rng.random() < 0.5:
                 drv.send(tenant, ok=rng.random() >= fail_rate[tenant])
+                if early_refill:
+                    drv.refill(tenant)
+                    if rng.random() < 0.5:  # a lane may send again before the next fetch
+                        drv.send(tenant, ok=rng.random() >= fail_rate[tenant])
             if rng.random() < 0.5:
                 drv.drive(tenant)
         for offset in drv.dead_lettering():
@@ -723,12 +742,20 @@ def test_property_restarts_lose_nothing_and_never_redeliver_claimed_records() ->
     assert total.restarts > 500 and total.commits > 5_000  # the property was exercised
 
 
+@pytest.mark.parametrize("early_refill", [False, True], ids=["drained", "early-refill"])
 @pytest.mark.parametrize("auto_rewind", [False, True], ids=["runner-order", "immediate-seek"])
-def test_property_parking_never_passes_a_failure_nor_duplicates(auto_rewind: bool) -> None:
+def test_property_parking_never_passes_a_failure_nor_duplicates(
+    auto_rewind: bool, early_refill: bool
+) -> None:
     """Random parking (full queues, repeated failures) and re-reads, no restarts."""
     for seed in FEWER_SEEDS:
         out = simulate(
-            seed, park=True, restarts=False, auto_rewind=auto_rewind, check_metadata=False
+            seed,
+            park=True,
+            restarts=False,
+            auto_rewind=auto_rewind,
+            check_metadata=False,
+            early_refill=early_refill,
         )
         assert out.duplicates == 0, seed
 
@@ -1020,6 +1047,57 @@ def test_a_full_lane_parks_and_reads_its_events_again() -> None:
     assert drv.ledger.duplicates == []
 
 
+def test_a_full_lane_asks_for_its_reread_before_it_runs_dry() -> None:
+    drv = Driver(Stream.of(100, "AB" * 6), queue_cap=4, batch=1, auto_rewind=False)
+    drv.fetch_all()  # A: 100 102 104 106 queued, parked from 108
+    lane = drv.part.lanes["A"]
+    assert lane.parked_from == 108
+    drv.send("A")
+    assert not drv.refill("A")  # three left: not below half of the queue
+    drv.send("A")
+    assert not drv.refill("A")  # two left: not below half yet
+    drv.send("A")
+    assert drv.refill("A")  # one left: re-read now
+    assert not drv.refill("A")  # asked once
+    assert lane.unpark_requested and drv.part.rewind_to == 108
+    assert [q[0] for q in lane.queue] == [106]  # still has events meanwhile
+    assert drv.flow_control() == 108
+    drv.fetch_all()
+    # The re-read joins the queue behind what the lane held: in order, nothing twice.
+    assert [q[0] for q in lane.queue] == [106, 108, 110]
+    drv.drain()
+    assert drv.ledger.order[(0, "A")] == list(range(100, 112, 2))
+    assert drv.ledger.duplicates == []
+
+
+def test_a_failing_lane_does_not_ask_early() -> None:
+    drv = Driver(Stream.of(100, "A" * 6), queue_cap=4, batch=3, park_after=5)
+    drv.fetch_all()  # 100-103 queued, parked from 104
+    drv.send("A", ok=False)  # 100-102 in flight, failing; one queued
+    assert not drv.refill("A")
+    drv.send("A")  # delivered: healthy again
+    assert drv.refill("A")
+
+
+def test_a_failure_park_cancels_an_early_reread_that_would_start_too_high() -> None:
+    # A asked to re-read from 104, then a failure parks it lower (at 102, dropping 102 and
+    # 103 from its queue): the pending re-read from 104 must not release it, or 102 and 103
+    # would never be read again.
+    drv = Driver(Stream.of(100, "A" * 8), queue_cap=4, batch=1, park_after=1, auto_rewind=False)
+    drv.fetch_all()  # 100-103 queued, parked from 104
+    lane = drv.part.lanes["A"]
+    drv.send("A")  # 100
+    assert drv.part.refill(lane, 4)
+    assert drv.send("A", ok=False) == []  # 101 fails: parked from 102, queue dropped
+    assert lane.parked_from == 102
+    assert not lane.unpark_requested
+    assert drv.flow_control() == 104  # the seek asked for still happens ...
+    assert lane.parked_from == 102  # ... but the lane waits for its own, lower one
+    drv.drain()
+    assert drv.ledger.order[(0, "A")] == list(range(100, 108))
+    assert drv.ledger.duplicates == []
+
+
 # ---------------------------------------------------------------------------- 5. forget_idle
 
 
@@ -1268,14 +1346,16 @@ def test_a_failure_during_a_reread_does_not_redeliver_the_batch_in_flight() -> N
     assert drv.ledger.duplicates == []
 
 
-def test_property_parking_and_restarts_lose_nothing() -> None:
+@pytest.mark.parametrize("early_refill", [False, True], ids=["drained", "early-refill"])
+def test_property_parking_and_restarts_lose_nothing(early_refill: bool) -> None:
     for seed in FEWER_SEEDS:
-        simulate(seed, park=True, restarts=True, check_metadata=False)
+        simulate(seed, park=True, restarts=True, check_metadata=False, early_refill=early_refill)
 
 
-def test_property_parking_commits_only_true_metadata() -> None:
+@pytest.mark.parametrize("early_refill", [False, True], ids=["drained", "early-refill"])
+def test_property_parking_commits_only_true_metadata(early_refill: bool) -> None:
     for seed in FEWER_SEEDS:
-        simulate(seed, park=True, restarts=False)
+        simulate(seed, park=True, restarts=False, early_refill=early_refill)
 
 
 def test_property_commit_metadata_is_always_readable() -> None:
