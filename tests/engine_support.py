@@ -3,23 +3,80 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, Message
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from prometheus_client import CollectorRegistry
 
 from streams.config import KafkaConfig, TopicsConfig
-from streams.engine.sink import Envelope, SendResult
+from streams.engine.config import EngineConfig
+from streams.engine.lanes import PartitionLanes
+from streams.engine.runner import Engine
+from streams.engine.sink import Envelope, SendResult, Sink
 from streams.errors import SinkError
 from streams.publisher import Publisher
 from streams.synthetic import EventFactory
+
+
+@dataclass
+class FakeMessage:
+    """The part of confluent_kafka.Message that the engine's dispatch (``_dispatch``) reads,
+    for unit tests that hand it fetched batches built in memory."""
+
+    _partition: int
+    _offset: int
+    _key: bytes | None
+    _value: bytes = b"avro"
+    _timestamp: int = 1_700_000_000_000
+
+    def error(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._timestamp)
+
+
+@contextlib.contextmanager
+def unit_engine(sink: Sink, topic: str = "audit.events") -> Iterator[Engine]:
+    """An engine that owns partition 0 (from offset 0) of ``topic`` and is never started: unit
+    tests hand ``_dispatch`` fetched batches and drive lanes themselves (``_wake`` does
+    nothing). Nothing listens at its bootstrap address; its dead-letter producer is unused."""
+    engine = Engine(
+        KafkaConfig(bootstrap_servers="127.0.0.1:9"),
+        TopicsConfig(events=topic),
+        sink,
+        EngineConfig(group_id="unit"),
+        registry=CollectorRegistry(),
+    )
+    engine._wake = lambda part, lane: None  # type: ignore[method-assign]  # noqa: SLF001
+    engine._parts[0] = PartitionLanes(topic, 0, 0, None)  # noqa: SLF001
+    try:
+        yield engine
+    finally:
+        engine._dlq.close()  # noqa: SLF001
+        engine._executor.shutdown()  # noqa: SLF001
 
 
 class RecordingSink:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
@@ -24,40 +23,11 @@ from streams.engine import dispatch
 from streams.engine.config import EngineConfig
 from streams.engine.lanes import Lane, PartitionLanes
 from streams.engine.runner import Engine
-from tests.engine_support import RecordingSink
+from tests.engine_support import FakeMessage, RecordingSink
 
 pytestmark = pytest.mark.unit
 
 TOPIC = "audit.events"
-
-
-@dataclass
-class FakeMessage:
-    """The part of confluent_kafka.Message that ``_dispatch`` reads."""
-
-    _partition: int
-    _offset: int
-    _key: bytes | None
-    _value: bytes = b"avro"
-    _timestamp: int = 1_700_000_000_000
-
-    def error(self) -> None:
-        return None
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._timestamp)
 
 
 class Harness:

@@ -3,22 +3,19 @@ back before it offers the same events again (retry, or the rest after a partial 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import cast
 
 import pytest
 from confluent_kafka import Message
-from prometheus_client import CollectorRegistry
 
 from streams.codec import AuditEventCodec
-from streams.config import KafkaConfig, TopicsConfig
-from streams.engine.config import EngineConfig
-from streams.engine.lanes import Lane, PartitionLanes
-from streams.engine.runner import Engine
+from streams.engine.lanes import Lane
 from streams.engine.sink import Envelope, SendResult
 from streams.errors import SinkError
 from streams.event import AuditEvent, to_json_bytes, validate_event
 from streams.synthetic import EventFactory
+from tests.engine_support import FakeMessage, unit_engine
 
 pytestmark = pytest.mark.unit
 
@@ -90,52 +87,6 @@ class ReleasingSink:
         return None
 
 
-class FakeMessage:
-    def __init__(self, offset: int, value: bytes) -> None:
-        self._offset, self._value = offset, value
-
-    def error(self) -> None:
-        return None
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return TENANT.encode()
-
-    def value(self) -> bytes:
-        return self._value
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 1_700_000_000_000)
-
-
-@pytest.fixture
-def engine_for() -> Iterator[Any]:
-    made: list[Engine] = []
-
-    def make(sink: ReleasingSink) -> Engine:
-        engine = Engine(
-            KafkaConfig(bootstrap_servers="127.0.0.1:9"),  # never connected
-            TopicsConfig(events=TOPIC),
-            sink,
-            EngineConfig(group_id="unit"),
-            registry=CollectorRegistry(),
-        )
-        engine._wake = lambda part, lane: None  # type: ignore[method-assign]
-        engine._parts[0] = PartitionLanes(TOPIC, 0, 0, None)
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        engine._dlq.close()
-        engine._executor.shutdown()
-
-
 @pytest.mark.parametrize(
     ("answers", "attempts"),
     [
@@ -145,17 +96,16 @@ def engine_for() -> Iterator[Any]:
     ],
 )
 async def test_the_engine_offers_released_events_decoded_again(
-    engine_for: Any, answers: list[str], attempts: list[int]
+    answers: list[str], attempts: list[int]
 ) -> None:
     sent = events(4)
     sink = ReleasingSink(list(answers))
-    engine: Engine = engine_for(sink)
-    engine._dispatch(
-        cast(list[Message], [FakeMessage(i, CODEC.encode(e)) for i, e in enumerate(sent)])
-    )
-    part = engine._parts[0]
-    lane: Lane = part.lanes[TENANT]
-    await engine._drive(part, lane)
+    records = [FakeMessage(0, i, TENANT.encode(), CODEC.encode(e)) for i, e in enumerate(sent)]
+    with unit_engine(sink, TOPIC) as engine:
+        engine._dispatch(cast(list[Message], records))
+        part = engine._parts[0]
+        lane: Lane = part.lanes[TENANT]
+        await engine._drive(part, lane)
     assert [len(batch) for batch in sink.seen] == attempts
     for batch in sink.seen:
         # Every attempt saw whole events, the last ones of the lane in order.
