@@ -240,10 +240,9 @@ class Delivering(Dispatching):
             first = lane.custody[0].first_offset
             lane.custody.clear()
             lane.epoch += 1
-            self._buffered -= len(lane.queue)
-            lane.queue.clear()
-            lane.parked_from = first if lane.parked_from is None else min(lane.parked_from, first)
-            lane.unpark_requested = False  # a re-read asked for earlier starts too high
+            # Parked there: its queue (all later than the batches taken) is dropped, and a
+            # re-read asked for earlier, which would start too high, no longer applies.
+            self._buffered -= part.park(lane, first)
             lane.high_water = min(lane.high_water, first - 1)
             lane.failures += 1
             lane.retry_at = time.monotonic() + self._backoff(lane, error)
