@@ -180,6 +180,24 @@ def proc_status_kib(pid: int | str, field_name: str) -> int | None:
     return None
 
 
+def children_rss_kib(pid: int | str) -> int:
+    """VmRSS of a process's child processes together (the storage connector's decoding
+    workers), in KiB; 0 without children."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as listing:
+                children = listing.read().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += sum(proc_status_kib(child, "VmRSS") or 0 for child in children)
+    return total
+
+
 class RssSampler(threading.Thread):
     """Samples a process's VmRSS every ``interval`` seconds: peak and last sample, and the
     kernel's own high-water mark (VmHWM) as last seen."""

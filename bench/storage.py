@@ -112,6 +112,7 @@ STORAGE_METRICS = (
     "siem_export_consumed",
     "siem_export_buffered",
     "siem_export_in_flight",
+    "siem_export_lanes_rereading",
 )
 STORAGE_MEANS = {
     "siem_export_storage_upload_seconds": "mean upload time",
@@ -398,11 +399,14 @@ class StorageConnector(_common.ConnectorProcess):
 
 
 def handed_over(metrics: dict[str, float], count: int) -> bool:
-    """Every event consumed and in the sink's hands: none queued in a lane, none in a send."""
+    """Every event consumed and in the sink's hands: none queued in a lane, none in a send,
+    and no lane waiting to read its next events again (a full lane parks, and its records
+    consumed so far count in consumed_total although they are read again later)."""
     return (
         _common.summed(metrics, "siem_export_consumed_total") >= count
         and _common.summed(metrics, "siem_export_buffered_events") == 0
         and _common.summed(metrics, "siem_export_in_flight_events") == 0
+        and _common.summed(metrics, "siem_export_lanes_rereading") == 0
     )
 
 
@@ -648,6 +652,9 @@ class Memory:
     open_kib: int
     hwm_open_kib: int
     hwm_final_kib: int
+    workers_kib: int
+    """The RSS of the connector's child processes together (decoding workers and
+    multiprocessing's resource tracker), with every file open."""
     fds_idle: int
     fds: Descriptors
     publish: _common.Rate
@@ -691,6 +698,7 @@ def run_memory(setup: Setup, label: str, threshold: int, events: list[dict[str, 
 
             filled_at, metrics = wait_metrics(connector, all_open, deadline, label)
             rss = _common.proc_status_kib(connector.pid, "VmRSS") or 0
+            workers = _common.children_rss_kib(connector.pid)
             hwm = _common.proc_status_kib(connector.pid, "VmHWM") or 0
             fds = Descriptors.of(connector.pid, spill_dir)
             cpu = CpuMarks(connector.pid, setup.weed.pid)
@@ -705,6 +713,7 @@ def run_memory(setup: Setup, label: str, threshold: int, events: list[dict[str, 
         open_files=int(_common.summed(metrics, "siem_export_storage_open_files")),
         idle_kib=idle,
         open_kib=rss,
+        workers_kib=workers,
         hwm_open_kib=hwm,
         hwm_final_kib=sampler.hwm_kib,
         fds_idle=fds_idle,
@@ -871,7 +880,8 @@ def describe_memory(run: Memory) -> list[str]:
         f"open files {run.open_files} (tenants with events {run.files_expected}); RSS idle "
         f"{mib(run.idle_kib)}, with every file open {mib(run.open_kib)} = "
         f"{run.per_file_kib:.0f} KiB more an open file; VmHWM then {mib(run.hwm_open_kib)}, "
-        f"at the end {mib(run.hwm_final_kib)}",
+        f"at the end {mib(run.hwm_final_kib)}; its child processes (decoding workers, "
+        f"multiprocessing's resource tracker) {mib(run.workers_kib)} together",
         f"descriptors: {run.fds_idle} idle, {run.fds.total} with every file open, of which "
         f"{run.fds.spill_files} spill files holding {run.fds.spill_bytes / 2**20:.1f} MiB",
         f"{run.drain}; {run.drain_cpu}",
@@ -942,7 +952,8 @@ def summary_rows(
         elif isinstance(run, Memory):
             out.append(
                 f"{name:<34} {run.open_files} files open: RSS {mib(run.idle_kib)} idle -> "
-                f"{mib(run.open_kib)} ({run.per_file_kib:.0f} KiB a file), VmHWM "
+                f"{mib(run.open_kib)} ({run.per_file_kib:.0f} KiB a file) + workers "
+                f"{mib(run.workers_kib)}, VmHWM "
                 f"{mib(run.hwm_final_kib)}; {run.fds.spill_files} spill files "
                 f"({run.fds.spill_bytes / 2**20:.1f} MiB); drain {run.drain.short}; "
                 f"{run.stored.objects} objects, {verdict}"

@@ -2,4 +2,5 @@
 
 from connectors.cli import main
 
-main()
+if __name__ == "__main__":  # not when a worker process imports it (spawn)
+    main()

@@ -9,10 +9,12 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, Message
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
@@ -22,7 +24,7 @@ from streams.config import KafkaConfig, TopicsConfig
 from streams.engine.config import EngineConfig
 from streams.engine.lanes import PartitionLanes
 from streams.engine.runner import Engine
-from streams.engine.sink import Envelope, SendResult, Sink
+from streams.engine.sink import RELEASED, Envelope, SendResult, Sink
 from streams.errors import SinkError
 from streams.publisher import Publisher
 from streams.synthetic import EventFactory
@@ -108,16 +110,19 @@ class RecordingSink:
         if self.settle_at_most is not None and len(batch) > self.settle_at_most:
             settled = self.settle_at_most
             batch = batch[:settled]
-        rejected = {
-            i: "refused by test" for i, e in enumerate(batch) if e.event["event_id"] in self.reject
-        }
-        for i, env in enumerate(batch):
-            assert env.tenant_id == tenant_id == env.event["tenant_id"]
+        events = [self.event_of(env) for env in batch]
+        refused = self.reject
+        rejected = {i: "refused by test" for i, e in enumerate(events) if e["event_id"] in refused}
+        for i, (env, event) in enumerate(zip(batch, events, strict=True)):
+            assert env.tenant_id == tenant_id == event["tenant_id"]
             if i not in rejected:
-                self.delivered[tenant_id].append((env.partition, env.offset, env.event["event_id"]))
+                self.delivered[tenant_id].append((env.partition, env.offset, event["event_id"]))
         if rejected or settled is not None:
             return SendResult(rejected=rejected, settled=settled)
         return None
+
+    def event_of(self, env: Envelope) -> Mapping[str, Any]:
+        return env.event
 
     async def close(self) -> None:
         self.closed = True
@@ -128,6 +133,24 @@ class RecordingSink:
 
     def count(self) -> int:
         return sum(len(v) for v in self.delivered.values())
+
+
+class JsonRecordingSink(RecordingSink):
+    """A ``RecordingSink`` that reads only each event's JSON (``json_only``): the engine decodes
+    its records on worker processes; ``released`` counts envelopes that came without a decoded
+    event (all of them, when the workers did the decoding)."""
+
+    json_only = True
+
+    def __init__(self, max_batch: int = 50, delay: float = 0.0) -> None:
+        super().__init__(max_batch, delay)
+        self.released = 0
+
+    def event_of(self, env: Envelope) -> Mapping[str, Any]:
+        if env.event is RELEASED:
+            self.released += 1
+        event: dict[str, Any] = orjson.loads(env.json)
+        return event
 
 
 def fresh_topics(bootstrap: str, partitions: int = 6) -> TopicsConfig:

@@ -120,6 +120,9 @@ class StorageSink:
 
     name = METHOD
     max_batch = 1000
+    json_only = True
+    """Files hold the events' JSON: the engine may decode on worker processes (the event
+    itself is restored only for a file's first event, whose time names the file)."""
 
     def __init__(
         self,
@@ -217,7 +220,7 @@ class StorageSink:
             del jsons[taken:]
         # The key's date and hour are the first event's own time (not the record's): a
         # replayed backlog lands in the partitions of when things happened.
-        when = parse_timestamp(batch[0].event["timestamp"]) if not builder.count else 0
+        when = parse_timestamp(batch[0].restore()["timestamp"]) if not builder.count else 0
         try:
             builder.add_batch(jsons, batch[0].offset, batch[taken - 1].offset, when)
         except OSError as exc:

@@ -86,6 +86,15 @@ class EngineConfig(BaseModel):
         "as fetched it is within the benchmark's noise, and it stays for sinks that hold many "
         "decoded events. Only reference cycles wait longer to be freed.",
     )
+    decode_processes: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="Worker processes that decode records for a sink that reads only the "
+        "events' JSON (the storage sink): decoding is most of an event's CPU, and there it "
+        "runs beside the event loop instead of on it. 0 decodes on the event loop. Other "
+        "sinks always decode on the event loop (streams/engine/decoding.py).",
+    )
     tenant_labels: bool = Field(
         default=False, description="Add tenant ids to lane metrics (unbounded labels)."
     )

@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from streams.codec import AuditEventCodec
 from streams.config import KafkaConfig, TopicsConfig
 from streams.engine.config import EngineConfig
+from streams.engine.decoding import DecodePool
 from streams.engine.dlq import DeadLetterQueue
 from streams.engine.lanes import Lane, PartitionLanes
 from streams.engine.metrics import EngineMetrics
@@ -70,8 +71,14 @@ class EngineCore:
         self._delivered_total = self.metrics.delivered.labels(sink.name)
         self._buffered_gauge = self.metrics.buffered.labels(sink.name)
         self._in_flight_gauge = self.metrics.in_flight.labels(sink.name)
+        self._rereading_gauge = self.metrics.rereading.labels(sink.name)
         self._codec = codec or AuditEventCodec()
         self._batch_limit: Callable[[str], int] | None = getattr(sink, "batch_limit", None)
+        # A sink that reads only the events' JSON gets it from decoding worker processes.
+        self._json_only = bool(getattr(sink, "json_only", False))
+        self._decoder: DecodePool | None = None
+        if self._json_only and self.cfg.decode_processes:
+            self._decoder = DecodePool(self._codec, self.cfg.decode_processes)
         self._dlq = DeadLetterQueue(kafka, topics.dlq, sink.name)
         self._parts: dict[int, PartitionLanes] = {}
         self._new_parts: list[PartitionLanes] = []

@@ -13,13 +13,15 @@ import random
 import time
 from array import array
 from collections.abc import Sequence
+from itertools import islice
 from operator import attrgetter
 
 from streams.engine.core import _log
+from streams.engine.decoding import tenant_mismatch
 from streams.engine.dispatch import Dispatching
 from streams.engine.dlq import DeadLetter
 from streams.engine.lanes import Custody, Lane, PartitionLanes
-from streams.engine.sink import Envelope, SendResult
+from streams.engine.sink import RELEASED, Envelope, SendResult
 from streams.errors import DecodeError, SinkError
 
 
@@ -44,13 +46,20 @@ class Delivering(Dispatching):
                             part.unpark(lane)
                     break
                 if not lane.in_flight:
-                    lane.in_flight = self._open(part, lane)
-                    self._in_flight += len(lane.in_flight)
-                    if not lane.in_flight:
+                    if self._decoder is None:
+                        batch = self._open(part, lane)
+                    else:
+                        opened = await self._open_decoded(part, lane)
+                        if opened is None:
+                            continue  # the lane's queue changed meanwhile: look again
+                        batch = opened
+                    lane.in_flight = batch
+                    self._in_flight += len(batch)
+                    if not batch:
                         continue  # every record taken was dead-lettered
                     if lane.parked_from is not None:
                         part.refill(lane, self.cfg.lane_max_events // 2)
-                else:
+                elif not self._json_only:
                     # Offered again (a retry, or the rest after a partial answer): the sink
                     # may have released some of these events after its last attempt.
                     for env in lane.in_flight:
@@ -99,14 +108,69 @@ class Delivering(Dispatching):
                         )
                     )
                     continue
-                problem = (
-                    f"record key {tenant!r} does not match tenant_id {event['tenant_id']!r}",
-                    "TenantMismatch",
-                )
+                problem = tenant_mismatch(tenant, event["tenant_id"])
             self._dead_letter(
                 part,
                 lane,
                 DeadLetter(topic, partition, offset, timestamp_ms, key, value, *problem, tenant),
+            )
+        return batch
+
+    async def _open_decoded(self, part: PartitionLanes, lane: Lane) -> list[Envelope] | None:
+        """``_open`` with the decoding done by the worker processes (``streams.engine.decoding``).
+
+        The records stay at the head of the lane's queue while they are decoded, so the commit
+        point still sees them. Only this task takes records from the head; a park meanwhile
+        (the lane failed, or was revoked) drops records from the tail or the whole queue.
+        None if the batch is no longer at the head when it comes back: the caller looks again.
+        """
+        assert self._decoder is not None  # noqa: S101 - the caller checked
+        queue = lane.queue
+        take = min(self._take_limit(lane.tenant_id), len(queue))
+        records = list(islice(queue, take))
+        epoch = lane.epoch
+        outcomes = await self._decoder.decode([r[2] for r in records], lane.tenant_id)
+        if (
+            part.revoked
+            or lane.epoch != epoch
+            or len(queue) < take
+            or queue[0] is not records[0]
+            or queue[take - 1] is not records[-1]
+        ):
+            return None
+        if outcomes is None:  # the workers could not: decode here
+            return self._open(part, lane)
+        for _ in range(take):
+            queue.popleft()
+        self._buffered -= take
+        topic, partition, tenant = self.topic, part.partition, lane.tenant_id
+        decode = self._codec.decode
+        batch: list[Envelope] = []
+        append = batch.append
+        for (offset, timestamp_ms, value, key), outcome in zip(records, outcomes, strict=True):
+            if isinstance(outcome, bytes):
+                append(
+                    Envelope(
+                        topic,
+                        partition,
+                        offset,
+                        timestamp_ms,
+                        tenant,
+                        RELEASED,
+                        len(value),
+                        value,
+                        decode,
+                        outcome,
+                    )
+                )
+                continue
+            reason, error_class = outcome
+            self._dead_letter(
+                part,
+                lane,
+                DeadLetter(
+                    topic, partition, offset, timestamp_ms, key, value, reason, error_class, tenant
+                ),
             )
         return batch
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from streams.engine.sink import Envelope
 
 METADATA_VERSION = "se1"
+_NEVER = 2**63  # above every Kafka offset
 DLQ_LANE = "~dlq"
 
 Queued = tuple[int, int, bytes, bytes | None]
@@ -164,7 +165,11 @@ class PartitionLanes:
         self.lanes: dict[str, Lane] = {}
         self.revoked = False
         self.rewind_to: int | None = None
-        self._catch_up_horizon = -1  # highest catching_up_until ever given to a lane
+        self._catch_up_next = _NEVER  # no lane catches up below this (its lowest end, or less)
+        self.parked = 0
+        """Lanes parked (``parked_from`` set): their next records are to be read again."""
+        self.catching_up_lanes = 0
+        """Lanes catching up (``catching_up_until`` set): re-read records are on their way."""
         parsed = parse_metadata(metadata, committed)
         if parsed is not None:
             self.inherited_p, lagging = parsed
@@ -172,7 +177,9 @@ class PartitionLanes:
                 self.lanes[tenant] = Lane(
                     tenant, high_water=offset - 1, catching_up_until=self.inherited_p
                 )
-            self._catch_up_horizon = self.inherited_p
+            self.catching_up_lanes = len(lagging)
+            if lagging:
+                self._catch_up_next = self.inherited_p
 
     def lane(self, tenant_id: str) -> Lane:
         lane = self.lanes.get(tenant_id)
@@ -194,11 +201,20 @@ class PartitionLanes:
         self.read_pos = offset + 1
         if offset > self.high:
             self.high = offset
-        # Visiting every lane per record would cost O(tenants): only near a catch-up zone.
-        if offset <= self._catch_up_horizon:
+        # Visiting every lane on every fetch would cost O(tenants): only once the read position
+        # has passed the end of a catch-up. (``offset`` is the last of a run of records, so it
+        # may lie well past that end.)
+        if self.read_pos > self._catch_up_next:
+            self._catch_up_next = _NEVER
             for lane in self.lanes.values():
-                if lane.catching_up_until is not None and self.read_pos > lane.catching_up_until:
+                until = lane.catching_up_until
+                if until is None:
+                    continue
+                if self.read_pos > until:
                     lane.catching_up_until = None
+                    self.catching_up_lanes -= 1
+                elif until < self._catch_up_next:
+                    self._catch_up_next = until
 
     def catching_up(self) -> bool:
         return any(
@@ -212,7 +228,10 @@ class PartitionLanes:
         while lane.queue and lane.queue[-1][0] >= from_offset:
             lane.queue.pop()
             dropped += 1
-        if lane.parked_from is None or from_offset < lane.parked_from:
+        if lane.parked_from is None:
+            self.parked += 1
+            lane.parked_from = from_offset
+        elif from_offset < lane.parked_from:
             lane.parked_from = from_offset
         # A re-read asked for earlier (``refill``) may start above what was just dropped: the
         # lane asks again, from its new park point, once it is drained.
@@ -253,12 +272,15 @@ class PartitionLanes:
 
     def _release(self, lane: Lane, start: int) -> None:
         lane.parked_from = None
+        self.parked -= 1
         lane.unpark_requested = False
         lane.high_water = min(lane.high_water, start - 1)
         if start <= self.high:
             # Its records up to ``high`` were skipped while parked: it lags until re-read.
+            if lane.catching_up_until is None:
+                self.catching_up_lanes += 1
             lane.catching_up_until = max(lane.catching_up_until or -1, self.high)
-            self._catch_up_horizon = max(self._catch_up_horizon, lane.catching_up_until)
+            self._catch_up_next = min(self._catch_up_next, lane.catching_up_until)
 
     def apply_rewind(self) -> int | None:
         """The offset to seek to, if lanes asked to re-read; call right before seeking.

@@ -62,6 +62,13 @@ class EngineMetrics:
         self.lanes = Gauge(
             f"{ns}_lanes", "Tenant lanes by state.", ["connector", "state"], registry=registry
         )
+        self.rereading = Gauge(
+            f"{ns}_lanes_rereading",
+            "Lanes whose next events are to be read again from Kafka: parked (full or failing) "
+            "or catching up after a re-read or a restart.",
+            ["connector"],
+            registry=registry,
+        )
         self.lag = Gauge(
             f"{ns}_partition_lag",
             "High watermark minus committed offset of owned partitions.",

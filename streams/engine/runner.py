@@ -79,6 +79,8 @@ class Engine(Delivering):
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+        if self._decoder is not None:
+            self._decoder.start()
         background = [
             asyncio.create_task(self._commit_loop(), name="commit"),
             asyncio.create_task(self._watch_loop(), name="watchdog"),
@@ -117,6 +119,9 @@ class Engine(Delivering):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._call(consumer.close)
         await asyncio.to_thread(self._dlq.close)
+        if self._decoder is not None:
+            self._decoder.close()
+            await asyncio.to_thread(self._decoder.join)
         await self.sink.close()
         self._executor.shutdown(wait=True)
 
@@ -186,6 +191,9 @@ class Engine(Delivering):
             self.metrics.paused.labels(self.sink.name).set(0)
         self._buffered_gauge.set(self._buffered)
         self._in_flight_gauge.set(self._in_flight)
+        self._rereading_gauge.set(
+            sum(part.parked + part.catching_up_lanes for part in self._parts.values())
+        )
 
     def _pause_all(self) -> None:
         assert self._consumer is not None  # noqa: S101

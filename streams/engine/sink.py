@@ -32,6 +32,14 @@ than after the destination's round trip. The engine decodes released envelopes a
 offers them to ``send`` again (a retry, or the rest after ``settled``); within one ``send`` a
 sink that needs a released event again calls ``Envelope.restore()``.
 
+A sink that reads nothing of an event but its JSON (``Envelope.json``) may set:
+
+* ``json_only = True``: the engine may then decode records on worker processes
+  (``engine.decode_processes``, see ``streams.engine.decoding``) and hand over envelopes
+  whose JSON is already encoded and whose ``event`` is ``RELEASED``; a sink that needs an
+  event all the same (the first one of a file, say) calls ``Envelope.restore()``. The engine
+  does not restore such envelopes before offering them again either.
+
 A sink that takes fewer events per send for some tenants than ``max_batch`` (a webhook
 destination sending 1 or 100 events per request, say) may define:
 
@@ -51,9 +59,10 @@ from typing import Protocol, cast
 
 from streams.event import AuditEvent, to_json_bytes
 
-_RELEASED = cast("AuditEvent", {})
-"""What ``Envelope.event`` holds between ``release()`` and ``restore()`` (empty: a sink that
-reads a released event without restoring it fails loudly on the first key)."""
+RELEASED = cast("AuditEvent", {})
+"""What ``Envelope.event`` holds between ``release()`` and ``restore()``, and in the envelopes
+of a ``json_only`` sink (empty: a sink that reads a released event without restoring it fails
+loudly on the first key)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -80,18 +89,18 @@ class Envelope:
         """The bytes customers receive (the spec's JSON), encoded once."""
         if self._json is None:
             event = self.event
-            self._json = to_json_bytes(event if event is not _RELEASED else self.restore())
+            self._json = to_json_bytes(event if event is not RELEASED else self.restore())
         return self._json
 
     def release(self) -> None:
         """Free the decoded event now (``raw`` and the position stay: all the engine needs to
         settle or dead-letter this envelope). No-op without ``decode``."""
         if self.decode is not None:
-            self.event = _RELEASED
+            self.event = RELEASED
 
     def restore(self) -> AuditEvent:
         """The decoded event, decoded again from ``raw`` if it was released."""
-        if self.event is _RELEASED and self.decode is not None:
+        if self.event is RELEASED and self.decode is not None:
             self.event = self.decode(self.raw)
         return self.event
 

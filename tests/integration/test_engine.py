@@ -19,7 +19,7 @@ from streams.config import KafkaConfig, TopicsConfig
 from streams.engine import Engine, EngineConfig
 from streams.engine.sink import Envelope, SendResult
 from streams.event import validate_event
-from tests.engine_support import RecordingSink, fresh_topics, publish
+from tests.engine_support import JsonRecordingSink, RecordingSink, fresh_topics, publish
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +64,21 @@ def _offsets_in_order(deliveries: list[tuple[int, int, str]]) -> bool:
     return True
 
 
+_SINKS = pytest.mark.parametrize(
+    "sink_class", [RecordingSink, JsonRecordingSink], ids=["decoded-in-loop", "json-from-workers"]
+)
+
+
+def _decoded_by_workers(sink: RecordingSink) -> None:
+    """A ``json_only`` sink got every event from the decoding workers (none decoded in the
+    event loop: those would not be released)."""
+    if isinstance(sink, JsonRecordingSink):
+        assert sink.released >= sink.count() > 0
+
+
+@_SINKS
 async def test_failing_tenant_is_isolated_and_healthy_tenants_are_not_redelivered(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, sink_class: type[RecordingSink]
 ) -> None:
     topics = fresh_topics(kafka_bootstrap, partitions=3)
     events = publish(kafka_bootstrap, topics.events, 3000, 20, seed=21)
@@ -74,10 +87,10 @@ async def test_failing_tenant_is_isolated_and_healthy_tenants_are_not_redelivere
         by_tenant.setdefault(e["tenant_id"], []).append(e["event_id"])
     dead = max(by_tenant, key=lambda t: len(by_tenant[t]))  # the busiest tenant fails
     healthy_total = len(events) - len(by_tenant[dead])
-    group = "eng-isolation"
+    group = f"eng-isolation-{sink_class.__name__}"
 
     # 1. The dead tenant fails throughout; every other tenant is fully delivered.
-    sink = RecordingSink(max_batch=20)
+    sink = sink_class(max_batch=20)
     sink.failing.add(dead)
     engine = _engine(kafka_bootstrap, topics, sink, group, lane_max_events=50)
     run = asyncio.create_task(engine.run())
@@ -93,7 +106,7 @@ async def test_failing_tenant_is_isolated_and_healthy_tenants_are_not_redelivere
     assert any(tp.metadata for tp in committed), "lagging tenant recorded in commit metadata"
 
     # 2. Restart, still failing: no re-delivery to healthy tenants.
-    again = RecordingSink(max_batch=20)
+    again = sink_class(max_batch=20)
     again.failing.add(dead)
     engine = _engine(kafka_bootstrap, topics, again, group, lane_max_events=50)
     run = asyncio.create_task(engine.run())
@@ -109,6 +122,8 @@ async def test_failing_tenant_is_isolated_and_healthy_tenants_are_not_redelivere
     await _until(lambda: len(again.delivered.get(dead, [])) >= len(by_tenant[dead]))
     assert [d[2] for d in again.delivered[dead]] == by_tenant[dead]
     assert _offsets_in_order(again.delivered[dead])
+    _decoded_by_workers(sink)
+    _decoded_by_workers(again)
     engine.request_stop()
     await run
     for tp in _committed(kafka_bootstrap, topics.events, group, 3):
@@ -118,8 +133,9 @@ async def test_failing_tenant_is_isolated_and_healthy_tenants_are_not_redelivere
         assert tp.offset == high
 
 
+@_SINKS
 async def test_poison_records_reach_the_dlq_with_headers_and_the_partition_moves_on(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, sink_class: type[RecordingSink]
 ) -> None:
     topics = fresh_topics(kafka_bootstrap, partitions=1)
     good = publish(kafka_bootstrap, topics.events, 50, 3, seed=5)
@@ -139,10 +155,11 @@ async def test_poison_records_reach_the_dlq_with_headers_and_the_partition_moves
         producer.produce(topics.events, key=key, value=value)
     producer.flush(10)
     more = publish(kafka_bootstrap, topics.events, 50, 3, seed=6)
-    sink = RecordingSink()
+    sink = sink_class()
     refused = more[10]["event_id"]
     sink.reject.add(refused)
-    engine = _engine(kafka_bootstrap, topics, sink, "eng-poison", max_record_bytes=4096)
+    group = f"eng-poison-{sink_class.__name__}"
+    engine = _engine(kafka_bootstrap, topics, sink, group, max_record_bytes=4096)
     run = asyncio.create_task(engine.run())
     await _until(lambda: sink.count() >= len(good) + len(more) - 1)
     await asyncio.sleep(1.0)
@@ -151,6 +168,7 @@ async def test_poison_records_reach_the_dlq_with_headers_and_the_partition_moves
 
     delivered = {d[2] for v in sink.delivered.values() for d in v}
     assert delivered == {e["event_id"] for e in good + more} - {refused}
+    _decoded_by_workers(sink)
     dlq = Consumer(
         {
             "bootstrap.servers": kafka_bootstrap,
@@ -190,7 +208,7 @@ async def test_poison_records_reach_the_dlq_with_headers_and_the_partition_moves
             "Rejected",
         ]
     )
-    (tp,) = _committed(kafka_bootstrap, topics.events, "eng-poison", 1)
+    (tp,) = _committed(kafka_bootstrap, topics.events, group, 1)
     assert tp.offset == len(good) + len(poison) + len(more)
 
 

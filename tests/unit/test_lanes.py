@@ -328,6 +328,12 @@ class Driver:
         if metadata and parse_metadata(metadata, point) is None:
             self.unreadable_commits += 1
         check_commit(self.stream, self.ledger, point, metadata if self.check_metadata else "")
+        lanes = self.part.lanes.values()
+        # The counts behind the lanes_rereading gauge match the lanes themselves.
+        assert self.part.parked == sum(lane.parked_from is not None for lane in lanes)
+        assert self.part.catching_up_lanes == sum(
+            lane.catching_up_until is not None for lane in lanes
+        )
         self.part.last_committed = point
         self.part.last_metadata = metadata
         self.part.forget_idle()
@@ -640,6 +646,27 @@ def test_unknown_tenants_after_a_restart_start_above_the_inherited_p() -> None:
     assert part.wants("new", 110) is part.lanes["new"]
     assert part.wants("A", 101) is None
     assert part.wants("A", 102) is part.lanes["A"]
+
+
+def test_a_catch_up_ends_when_one_run_of_records_reads_past_it() -> None:
+    # The fetcher advances once per run of records; a run may go from inside a lane's catch-up
+    # to well past its end. The lane must stop catching up then, not stay so for good (it
+    # would never be idle again, and the lanes_rereading gauge would never come back to 0).
+    part = PartitionLanes(TOPIC, PARTITION, 100, f"{METADATA_VERSION}|9|A=2")
+    lane = part.lanes["A"]
+    assert (lane.catching_up_until, part.catching_up_lanes) == (109, 1)
+    part.advance(105)
+    assert (lane.catching_up_until, part.catching_up_lanes) == (109, 1)
+    part.advance(150)  # 106..150 in one run
+    assert (lane.catching_up_until, part.catching_up_lanes) == (None, 0)
+    assert lane.idle and not part.catching_up()
+    # A re-read after a park catches up to what had been read: same again, one run past it.
+    part.park(lane, 120)
+    part.unpark(lane)
+    assert part.apply_rewind() == 120 and lane.catching_up_until == 150
+    assert (part.parked, part.catching_up_lanes) == (0, 1)
+    part.advance(400)
+    assert (lane.catching_up_until, part.catching_up_lanes) == (None, 0)
 
 
 @dataclass
