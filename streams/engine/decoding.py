@@ -10,8 +10,9 @@ dispatches the next fetch and drives other lanes.
 Nothing about delivery changes: a lane still takes its records in order, one batch at a time,
 and they stay in its queue (where the commit point sees them) until the decoded batch comes
 back. Records that do not decode, or that name another tenant, come back as the reason and
-are dead-lettered in their place, as on the event loop. If a worker dies (the pool is then
-"broken"), the batch is decoded on the event loop and a new pool is started for later batches.
+are dead-lettered in their place, as on the event loop. If a worker dies, the batches it held
+are decoded on the event loop by their lanes, and a new worker is started (at once, then at
+most once per ``_RESTART_SECONDS``).
 
 Workers are started with ``spawn`` (librdkafka's threads make ``fork`` unsafe), ignore SIGINT
 and SIGTERM (the parent decides when they stop: a terminal's Ctrl-C reaches the whole process
