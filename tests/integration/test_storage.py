@@ -5,7 +5,8 @@ in exactly one object; each object's bytes match its SHA-256 and metadata, its k
 Hive template from its first event, and each (tenant, partition) series of objects is
 contiguous and in partition order; JSON Lines+gzip and JSON without compression both.
 (2) ``siem-export run storage`` as a real process, killed with -9 twice mid-stream and
-restarted: every event is in the bucket afterwards; replays overwrite their own objects.
+restarted (its decoding workers die with it), then one of its decoding workers killed: every
+event is in the bucket afterwards; replays overwrite their own objects.
 """
 
 from __future__ import annotations
@@ -260,6 +261,33 @@ async def test_every_event_lands_in_exactly_one_sound_object(
     assert (registry.get_sample_value("siem_export_storage_budget_spills_total") or 0) > 0
 
 
+def _decoding_workers(pid: int) -> list[int]:
+    """The connector's decoding worker processes (spawned children running spawn_main)."""
+    found = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in listing.read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:
+                found.append(int(child))
+    return found
+
+
+async def _until_gone(pids: list[int], timeout: float = 10.0) -> None:
+    """Every process in ``pids`` has exited (gone, or a zombie nobody reaped yet)."""
+
+    def running(pid: int) -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return stat[stat.rindex(")") + 2] != "Z"
+
+    deadline = time.monotonic() + timeout
+    while any(running(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"processes still running: {pids}"
+        await asyncio.sleep(0.1)
+
+
 async def test_run_storage_survives_kill_9_and_every_event_is_stored(
     kafka_bootstrap: str, seaweedfs: SeaweedFS, tmp_path: Path
 ) -> None:
@@ -309,17 +337,31 @@ async def test_run_storage_survives_kill_9_and_every_event_is_stored(
     def stored_count() -> int:
         return sum(int(meta["eventcount"]) for _, meta in _objects(seaweedfs, bucket).values())
 
+    async def stored_at_least(count: int) -> None:
+        deadline = time.monotonic() + 90
+        while await asyncio.to_thread(stored_count) < count:
+            assert time.monotonic() < deadline, f"{count} not stored in time"
+            await asyncio.sleep(0.5)
+
     kills = 0
     try:
         for threshold in (total // 5, total // 2):
-            deadline = time.monotonic() + 90
-            while await asyncio.to_thread(stored_count) < threshold:
-                assert time.monotonic() < deadline, f"{threshold} not stored in time"
-                await asyncio.sleep(0.5)
+            await stored_at_least(threshold)
+            workers = _decoding_workers(proc.pid)
+            assert len(workers) == 2  # engine.decode_processes: the storage sink is json_only
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             kills += 1
+            # The kernel stops the workers with their parent (PR_SET_PDEATHSIG).
+            await _until_gone(workers)
             proc = spawn_connector("storage", env, dest_file, log)
+        # A decoding worker dies: its batches are decoded in the connector, a new one starts.
+        await stored_at_least(total * 3 // 5)
+        deadline = time.monotonic() + 30
+        while len(workers := _decoding_workers(proc.pid)) < 2:  # the new process starts them
+            assert time.monotonic() < deadline, "the restarted connector has no decoding workers"
+            await asyncio.sleep(0.1)
+        os.kill(workers[0], signal.SIGKILL)
         assert await asyncio.wait_for(generate.wait(), 120) == 0
         order = _topic_order(kafka_bootstrap, topics.events)
         wanted = {i for _, _, ids in order.values() for i in ids}
@@ -336,6 +378,7 @@ async def test_run_storage_survives_kill_9_and_every_event_is_stored(
             await asyncio.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0, log.read_text()[-3000:]
+        assert "A decoding worker process stopped" in log.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
