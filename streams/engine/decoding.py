@@ -129,7 +129,11 @@ class DecodePool:
     Lanes ask on the event loop; the jobs asked for in one turn of the loop go to an idle
     worker together, as one message (a round), so a round trip costs the event loop one
     pickle and one pipe write however many lanes asked. A worker has one round at a time:
-    it never writes an answer while the loop is still writing to it.
+    it never writes an answer while the loop is still writing to it, so the loop's blocking
+    write (to an idle worker) and read (of an answer the worker is writing) cannot deadlock.
+    A version that wrote and read the pipes without blocking, as the loop found them ready,
+    with two rounds per worker, was slower: an answer then came in over many turns of the loop
+    (bench/storage.py, 3 alternating pairs: 0.57-0.62x of the ceiling against 0.67-0.70x).
     """
 
     def __init__(self, codec: AuditEventCodec, processes: int) -> None:
