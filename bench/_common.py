@@ -183,19 +183,7 @@ def proc_status_kib(pid: int | str, field_name: str) -> int | None:
 def children_rss_kib(pid: int | str) -> int:
     """VmRSS of a process's child processes together (the storage connector's decoding
     workers), in KiB; 0 without children."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return 0
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as listing:
-                children = listing.read().split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        total += sum(proc_status_kib(child, "VmRSS") or 0 for child in children)
-    return total
+    return sum(proc_status_kib(child, "VmRSS") or 0 for child in child_pids(pid))
 
 
 class RssSampler(threading.Thread):
@@ -414,14 +402,37 @@ def ratio(rate: Rate, ceiling: Rate) -> str:
 # --- CPU accounting ------------------------------------------------------------------------------
 
 
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process (all threads) so far; 0.0 once it is gone."""
+def process_cpu(pid: int | str, children: bool = False) -> float:
+    """User + system CPU seconds of a process (all threads) so far; 0.0 once it is gone.
+
+    ``children``: add those of its child processes, running (the storage connector's decoding
+    workers) or ended and waited for."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
+    seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
+    if children:
+        seconds += (int(fields[13]) + int(fields[14])) / CLK_TCK  # cutime, cstime: waited for
+        seconds += sum(process_cpu(child, children=True) for child in child_pids(pid))
+    return seconds
+
+
+def child_pids(pid: int | str) -> list[str]:
+    """The running child processes of a process."""
+    found: list[str] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as listing:
+                found.extend(listing.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -465,7 +476,7 @@ class CpuSample:
         busy, total = machine_cpu()
         pid = broker_pid()
         return cls(
-            process_cpu(connector_pid),
+            process_cpu(connector_pid, children=True),
             process_cpu(receiver_pid),
             process_cpu(pid) if pid else float("nan"),
             process_cpu(os.getpid()),
@@ -485,7 +496,8 @@ def describe_cpu(
     machine = (b.machine_busy - a.machine_busy) / max(b.machine_total - a.machine_total, 1e-9)
     broker = "n/a (--bootstrap)" if b.broker != b.broker else f"{(b.broker - a.broker) / wall:.2f}"
     return (
-        f"CPU over {seconds:.1f} s, in cores: {names[0]} {(b.connector - a.connector) / wall:.2f}, "
+        f"CPU over {seconds:.1f} s, in cores: {names[0]} (with its child processes) "
+        f"{(b.connector - a.connector) / wall:.2f}, "
         f"{names[1]} {(b.receiver - a.receiver) / wall:.2f}, broker {broker}, this script "
         f"{(b.script - a.script) / wall:.2f}; machine {machine:.0%} busy of {cores} cores"
     )
