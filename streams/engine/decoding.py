@@ -38,12 +38,15 @@ from multiprocessing.process import BaseProcess
 
 from streams.codec import AuditEventCodec
 from streams.errors import DecodeError
-from streams.event import to_json_bytes
+from streams.event import AuditEvent, to_json_bytes
 
 _log = logging.getLogger("streams.engine.decoding")
 
 Decoded = bytes | tuple[str, str]
-"""One record's outcome: its event's JSON, or ``(reason, error class)`` to dead-letter it."""
+"""One record's outcome from a worker: its event's JSON, or ``(reason, error class)`` to
+dead-letter it."""
+Outcome = AuditEvent | Decoded
+"""One record's outcome from ``decode_batch``: the event itself with ``to_json=False``."""
 
 _PR_SET_PDEATHSIG = 1
 _ROUND_RECORDS = 3000
@@ -55,11 +58,14 @@ _RESTART_SECONDS = 10.0
 """Least time between two starts of a replacement worker."""
 
 
-def decode_batch(codec: AuditEventCodec, values: Sequence[bytes], tenant_id: str) -> list[Decoded]:
-    """Each record's JSON, or why it is dead-lettered (the same reasons as the event loop's
-    ``Delivering._open``: a ``DecodeError``, or a tenant other than the record key's)."""
+def decode_batch(
+    codec: AuditEventCodec, values: Sequence[bytes], tenant_id: str, *, to_json: bool = True
+) -> list[Outcome]:
+    """Each record's JSON (or, without ``to_json``, its event), or why it is dead-lettered: a
+    ``DecodeError``, or a tenant other than the record key's. Used by the workers and by
+    ``Delivering._open`` on the event loop alike."""
     decode = codec.decode
-    out: list[Decoded] = []
+    out: list[Outcome] = []
     append = out.append
     for value in values:
         try:
@@ -68,13 +74,13 @@ def decode_batch(codec: AuditEventCodec, values: Sequence[bytes], tenant_id: str
             append((str(exc), type(exc).__name__))
             continue
         if event["tenant_id"] == tenant_id:
-            append(to_json_bytes(event))
+            append(to_json_bytes(event) if to_json else event)
         else:
-            append(tenant_mismatch(tenant_id, event["tenant_id"]))
+            append(_tenant_mismatch(tenant_id, event["tenant_id"]))
     return out
 
 
-def tenant_mismatch(key_tenant: str, event_tenant: str) -> tuple[str, str]:
+def _tenant_mismatch(key_tenant: str, event_tenant: str) -> tuple[str, str]:
     """The dead-letter reason of a record whose event names another tenant than its key."""
     return (
         f"record key {key_tenant!r} does not match tenant_id {event_tenant!r}",

@@ -17,12 +17,12 @@ from itertools import islice
 from operator import attrgetter
 
 from streams.engine.core import _log
-from streams.engine.decoding import tenant_mismatch
+from streams.engine.decoding import Outcome, decode_batch
 from streams.engine.dispatch import Dispatching
 from streams.engine.dlq import DeadLetter
-from streams.engine.lanes import Custody, Lane, PartitionLanes
+from streams.engine.lanes import Custody, Lane, PartitionLanes, Queued
 from streams.engine.sink import RELEASED, Envelope, SendResult
-from streams.errors import DecodeError, SinkError
+from streams.errors import SinkError
 
 
 class Delivering(Dispatching):
@@ -72,49 +72,15 @@ class Delivering(Dispatching):
                 lane.in_flight = []
 
     def _open(self, part: PartitionLanes, lane: Lane) -> list[Envelope]:
-        """Decode the lane's next queued records into a batch for the sink.
-
-        A record that does not decode, or whose event names another tenant than its key,
-        is dead-lettered here, in its place in the lane (``lane.dead_lettering`` holds the
-        commit point below it until the dead letter is stored).
-        """
+        """Decode the lane's next queued records into a batch for the sink (``_batch``)."""
         queue = lane.queue
         take = min(self._take_limit(lane.tenant_id), len(queue))
         self._buffered -= take
-        decode = self._codec.decode
         popleft = queue.popleft
-        topic, partition, tenant = self.topic, part.partition, lane.tenant_id
-        batch: list[Envelope] = []
-        append = batch.append
-        for _ in range(take):
-            offset, timestamp_ms, value, key = popleft()
-            try:
-                event = decode(value)
-            except DecodeError as exc:
-                problem = (str(exc), type(exc).__name__)
-            else:
-                if event["tenant_id"] == tenant:
-                    append(
-                        Envelope(
-                            topic,
-                            partition,
-                            offset,
-                            timestamp_ms,
-                            tenant,
-                            event,
-                            len(value),
-                            value,
-                            decode,
-                        )
-                    )
-                    continue
-                problem = tenant_mismatch(tenant, event["tenant_id"])
-            self._dead_letter(
-                part,
-                lane,
-                DeadLetter(topic, partition, offset, timestamp_ms, key, value, *problem, tenant),
-            )
-        return batch
+        records = [popleft() for _ in range(take)]
+        values = [record[2] for record in records]
+        outcomes = decode_batch(self._codec, values, lane.tenant_id, to_json=False)
+        return self._batch(part, lane, records, outcomes)
 
     async def _open_decoded(self, part: PartitionLanes, lane: Lane) -> list[Envelope] | None:
         """``_open`` with the decoding done by the worker processes (``streams.engine.decoding``).
@@ -143,34 +109,44 @@ class Delivering(Dispatching):
         for _ in range(take):
             queue.popleft()
         self._buffered -= take
+        return self._batch(part, lane, records, outcomes)
+
+    def _batch(
+        self,
+        part: PartitionLanes,
+        lane: Lane,
+        records: Sequence[Queued],
+        outcomes: Sequence[Outcome],
+    ) -> list[Envelope]:
+        """The envelopes of records taken from the lane, by their outcome (``decode_batch``):
+        an event, an event's JSON (the event is ``RELEASED``), or the reason to dead-letter
+        the record here, in its place in the lane (``lane.dead_lettering`` holds the commit
+        point below it until the dead letter is stored)."""
         topic, partition, tenant = self.topic, part.partition, lane.tenant_id
         decode = self._codec.decode
         batch: list[Envelope] = []
         append = batch.append
         for (offset, timestamp_ms, value, key), outcome in zip(records, outcomes, strict=True):
-            if isinstance(outcome, bytes):
-                append(
-                    Envelope(
-                        topic,
-                        partition,
-                        offset,
-                        timestamp_ms,
-                        tenant,
-                        RELEASED,
-                        len(value),
-                        value,
-                        decode,
-                        outcome,
-                    )
+            if isinstance(outcome, tuple):
+                letter = DeadLetter(
+                    topic, partition, offset, timestamp_ms, key, value, *outcome, tenant
                 )
+                self._dead_letter(part, lane, letter)
                 continue
-            reason, error_class = outcome
-            self._dead_letter(
-                part,
-                lane,
-                DeadLetter(
-                    topic, partition, offset, timestamp_ms, key, value, reason, error_class, tenant
-                ),
+            event, json = (RELEASED, outcome) if isinstance(outcome, bytes) else (outcome, None)
+            append(
+                Envelope(
+                    topic,
+                    partition,
+                    offset,
+                    timestamp_ms,
+                    tenant,
+                    event,
+                    len(value),
+                    value,
+                    decode,
+                    json,
+                )
             )
         return batch
 

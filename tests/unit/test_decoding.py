@@ -5,9 +5,11 @@ changes, or a worker dies, while the batch is being decoded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
@@ -16,6 +18,8 @@ from confluent_kafka import Message
 from streams.codec import AuditEventCodec
 from streams.engine import decoding
 from streams.engine.decoding import Decoded, DecodePool, decode_batch, round_size
+from streams.engine.lanes import Lane, PartitionLanes
+from streams.engine.runner import Engine
 from streams.engine.sink import RELEASED, Envelope, SendResult
 from streams.event import to_json_bytes, validate_event
 from streams.synthetic import EventFactory
@@ -159,23 +163,38 @@ class _Taking:
         return None
 
 
-def _messages(values: list[bytes], first: int) -> list[Message]:
-    return cast(
-        list[Message],
-        [FakeMessage(0, first + i, TENANT.encode(), v) for i, v in enumerate(values)],
-    )
+@dataclass
+class _Held:
+    """A never-started engine whose lane ``lane`` has records queued and whose decoding
+    workers are a ``_HeldDecoder``."""
+
+    engine: Engine
+    sink: _Taking
+    decoder: _HeldDecoder
+    part: PartitionLanes
+    lane: Lane
+    values: list[bytes]
+
+
+@contextlib.contextmanager
+def _held(count: int, broken: int = 0) -> Iterator[_Held]:
+    """``count`` records of TENANT queued in its lane from offset 0, then ``broken`` ones
+    that do not decode."""
+    sink = _Taking()
+    with unit_engine(sink) as engine:
+        decoder = _HeldDecoder(engine._codec)
+        engine._decoder = cast(Any, decoder)
+        values = _records(engine._codec, TENANT, count) + [b"\x00broken"] * broken
+        messages = [FakeMessage(0, i, TENANT.encode(), v) for i, v in enumerate(values)]
+        part = engine._parts[0]
+        engine._dispatch(cast(list[Message], messages))
+        yield _Held(engine, sink, decoder, part, part.lanes[TENANT], values)
 
 
 @pytest.mark.unit
 async def test_decoded_batches_keep_their_records_queued_until_they_come_back() -> None:
-    sink = _Taking()
-    with unit_engine(sink) as engine:
-        held = _HeldDecoder(engine._codec)
-        engine._decoder = cast(Any, held)
-        values = _records(engine._codec, TENANT, 6)
-        part = engine._parts[0]
-        engine._dispatch(_messages(values, 0))
-        lane = part.lanes[TENANT]
+    with _held(6) as h:
+        engine, held, part, lane, values = h.engine, h.decoder, h.part, h.lane, h.values
         opening = asyncio.create_task(engine._open_decoded(part, lane))
         await asyncio.sleep(0)
         assert held.asked == [4]
@@ -197,14 +216,8 @@ async def test_decoded_batches_keep_their_records_queued_until_they_come_back() 
 @pytest.mark.unit
 @pytest.mark.parametrize("change", ["failure-park", "tail-park", "revoked"])
 async def test_a_batch_whose_records_left_the_queue_meanwhile_is_not_sent(change: str) -> None:
-    sink = _Taking()
-    with unit_engine(sink) as engine:
-        held = _HeldDecoder(engine._codec)
-        engine._decoder = cast(Any, held)
-        values = _records(engine._codec, TENANT, 6)
-        part = engine._parts[0]
-        engine._dispatch(_messages(values, 0))
-        lane = part.lanes[TENANT]
+    with _held(6) as h:
+        engine, held, part, lane = h.engine, h.decoder, h.part, h.lane
         opening = asyncio.create_task(engine._open_decoded(part, lane))
         await asyncio.sleep(0)
         if change == "failure-park":  # a batch in custody failed: everything is read again
@@ -216,7 +229,7 @@ async def test_a_batch_whose_records_left_the_queue_meanwhile_is_not_sent(change
             part.revoked = True
         held.go.set()
         assert await opening is None
-        assert sink.batches == []
+        assert h.sink.batches == []
         kept = 0 if change == "failure-park" else 2 if change == "tail-park" else 6
         assert [r[0] for r in lane.queue] == list(range(kept))
         assert engine._buffered == kept
@@ -224,16 +237,10 @@ async def test_a_batch_whose_records_left_the_queue_meanwhile_is_not_sent(change
 
 @pytest.mark.unit
 async def test_when_the_workers_cannot_the_lane_decodes_its_batch_itself() -> None:
-    sink = _Taking()
-    with unit_engine(sink) as engine:
-        held = _HeldDecoder(engine._codec)
-        held.answer_none = True
-        held.go.set()
-        engine._decoder = cast(Any, held)
-        values = _records(engine._codec, TENANT, 3)
-        part = engine._parts[0]
-        engine._dispatch(_messages(values, 0) + _messages([b"\x00broken"], 3))
-        lane = part.lanes[TENANT]
+    with _held(3, broken=1) as h:
+        engine, part, lane = h.engine, h.part, h.lane
+        h.decoder.answer_none = True
+        h.decoder.go.set()
         batch = await engine._open_decoded(part, lane)
         assert batch is not None
         assert [e.offset for e in batch] == [0, 1, 2]
