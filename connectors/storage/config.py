@@ -160,7 +160,7 @@ class StorageSettings(BaseModel):
         default=None, description="Directory of the temporary files (default: the system's)."
     )
     compression_level: int = Field(
-        default=6, ge=1, le=9, description="gzip level: 1 fastest, 9 smallest, 6 zlib's default."
+        default=6, ge=1, le=9, description="gzip level: 1 fastest, 9 smallest, 6 the usual default."
     )
     multipart_threshold_bytes: int = Field(
         default=16 * MiB,

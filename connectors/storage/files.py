@@ -28,7 +28,9 @@ Memory: stored bytes (compressed, if gzip) stay in memory up to ``spill_threshol
 the chunk that would pass it moves the whole content to an anonymous temporary file in
 ``spill_dir`` (``tempfile.TemporaryFile``: it has no name on disk, so even a ``kill -9``
 leaves nothing behind), and everything after goes there too. Besides that buffer an open
-gzip file holds zlib's state (about 256 KiB at most), and each spilled file one descriptor.
+gzip file holds the compressor's state (zlib-ng: about 280 KiB, once a whole slice of 32 KiB
+was compressed) and under a slice of uncompressed content, and each spilled file one
+descriptor.
 A finished file still in memory can be moved to such a file with ``FinishedFile.spill`` (the
 sink does it for files that must wait for an upload slot).
 
@@ -111,10 +113,10 @@ class FileBuilder:
         self._gzip = compression == "gzip"
         self._clock = clock
         self._worker = worker if self._gzip else None
-        # zlib's compressor state costs ~150 KiB: a small file (most of them, with thousands of
+        # The compressor's state costs ~280 KiB: a small file (most of them, with thousands of
         # tenants) keeps its start uncompressed and is compressed in one go when it finishes;
-        # deflate gives the same bytes however the input is fed. Later content is collected
-        # the same way and compressed a chunk at a time (in the worker, if there is one).
+        # FileOutput gives the same bytes however the input is handed over. Later content is
+        # collected the same way and compressed a chunk at a time (in the worker, if any).
         chunk = WORKER_CHUNK_BYTES if self._worker is not None else _LAZY_GZIP_BYTES
         self._chunk = min(chunk, spill_threshold_bytes)  # 0 keeps nothing in memory, raw or not
         self._idle_chunk = min(WORKER_IDLE_CHUNK_BYTES, self._chunk)
@@ -180,16 +182,23 @@ class FileBuilder:
 
     @property
     def stored_bytes(self) -> int:
-        """Bytes produced so far (compressed, if gzip); zlib, the collected uncompressed
-        content and the worker may still hold some back."""
+        """Bytes produced so far (compressed, if gzip); the compressor, the collected
+        uncompressed content and the worker may still hold some back."""
         return self._out.stored
 
     @property
     def memory_bytes(self) -> int:
         """Content held in memory: stored bytes until the file spills, plus the uncompressed
-        content of a gzip file not yet compressed (less than a chunk; chunks handed to the
-        worker and not yet compressed are the worker's, bounded all files together)."""
-        return len(self._out.memory) + len(self._raw)
+        content of a gzip file not yet compressed (less than a chunk, and less than a slice
+        that waits to be completed; chunks handed to the worker and not yet compressed are the
+        worker's, bounded all files together)."""
+        return len(self._out.memory) + self._out.unsliced + len(self._raw)
+
+    @property
+    def collected_bytes(self) -> int:
+        """Uncompressed content of a gzip file collected and not yet handed to the compressor
+        (0 for a file without compression)."""
+        return len(self._raw)
 
     @property
     def disk_bytes(self) -> int:
@@ -215,7 +224,7 @@ class FileBuilder:
         chunks of the file, those in memory when asked: the move runs after those chunks).
 
         The uncompressed content not yet compressed stays (compressing it early would start
-        zlib's state, which costs more than it holds). The bytes of the object are the same.
+        compressor, which costs more than it holds). The bytes of the object are the same.
         An OSError (disk full) leaves the builder unusable, as in ``add_batch``; with a worker
         it comes from the next call that meets the worker's error.
         """

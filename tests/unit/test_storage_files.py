@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from connectors.storage.compression import CompressionWorker
+from connectors.storage.compression import GZIP_SLICE_BYTES, CompressionWorker, FileOutput
 from connectors.storage.config import StorageDestination, StorageSettings
 from connectors.storage.files import (
     SCHEMA_VERSION,
@@ -168,7 +168,9 @@ def test_spilled_content_round_trips(spill_dir: Path, file_format: Any, compress
         spill_dir=spill_dir,
     )
     fill(builder, items)
-    assert builder.spilled and builder.memory_bytes == 0
+    # gzip: what is in memory is the uncompressed start of the next slice, nothing stored
+    held = builder.memory_bytes
+    assert builder.spilled and (0 < held < GZIP_SLICE_BYTES if compression == "gzip" else held == 0)
     with builder.finish() as finished:
         data = b"".join(finished.read_part(o, 5000) for o in range(0, finished.size, 5000))
         assert parse(data, file_format, compression) == items
@@ -208,10 +210,11 @@ def test_memory_stays_small_while_writing_a_large_file(
 @pytest.mark.skipif(not PROC_FD.is_dir(), reason="needs /proc/self/fd")
 def test_temporary_files_are_closed_on_release_and_discard(spill_dir: Path) -> None:
     before = open_fds()
+    # more than one slice of gzip input each: their output has started, on disk
     finished_builder = FileBuilder(spill_threshold_bytes=0, spill_dir=spill_dir)
-    fill(finished_builder, events(20))
+    fill(finished_builder, events(100))
     discarded = FileBuilder(spill_threshold_bytes=0, spill_dir=spill_dir)
-    fill(discarded, events(20))
+    fill(discarded, events(100))
     assert open_fds() == before + 2
     finished = finished_builder.finish()
     finished_builder.discard()  # after finish: does nothing, the FinishedFile owns the file
@@ -332,6 +335,45 @@ def test_for_destination() -> None:
     assert builder.spilled
     with builder.finish() as finished:
         assert content_of(finished) == b"[{}]"
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [1, 7, 4093],
+        [GZIP_SLICE_BYTES - 1, 1, 2],
+        [GZIP_SLICE_BYTES, GZIP_SLICE_BYTES + 1],
+        [100_000],
+        [65_536, 262_144],
+    ],
+    ids=["tiny", "slice-1", "slice", "large", "chunks"],
+)
+def test_gzip_output_depends_on_the_content_only(sizes: list[int]) -> None:
+    """zlib-ng's deflate gives other bytes for other input pieces; a file's output must not
+    (a replayed file, handed over in other chunks, must be the same object)."""
+    content = b"".join(line + b"\n" for line in many_lines(1500))  # ~650 KB
+    whole = FileOutput(6, 1 << 30, None)
+    whole.end(content, gzip=True)
+    pieces = FileOutput(6, 1 << 30, None)
+    at, turn = 0, 0
+    while at < len(content) - sizes[-1]:
+        size = sizes[turn % len(sizes)]
+        pieces.compress(content[at : at + size])
+        at, turn = at + size, turn + 1
+    pieces.end(content[at:], gzip=True)
+    assert bytes(pieces.memory) == bytes(whole.memory)
+    assert pieces.hash.hexdigest() == whole.hash.hexdigest()
+    assert gzip.decompress(bytes(whole.memory)) == content
+
+
+def test_a_gzip_file_under_one_slice_holds_no_compressor_until_it_ends() -> None:
+    out = FileOutput(6, 1 << 30, None)
+    out.compress(b"x" * (GZIP_SLICE_BYTES - 1))
+    assert (out.stored, out.unsliced) == (0, GZIP_SLICE_BYTES - 1)
+    out.compress(b"y")  # a whole slice: compressed
+    assert out.unsliced == 0 and out.stored > 0
+    out.end(b"z", gzip=True)
+    assert gzip.decompress(bytes(out.memory)) == b"x" * (GZIP_SLICE_BYTES - 1) + b"yz"
 
 
 @pytest.mark.parametrize("count", [3, 40, 400])
@@ -498,19 +540,19 @@ def test_small_pieces_are_compressed_at_once_unless_the_worker_has_the_file(
     """A spill threshold below a chunk hands every batch over; small ones are not worth a
     hand-off (each costs the worker a wait for the GIL), except behind the file's own."""
     builder = FileBuilder(spill_threshold_bytes=0, spill_dir=spill_dir, worker=worker)
-    builder.add_batch(many_lines(20), 0, 19, 0)
+    builder.add_batch(many_lines(100), 0, 99, 0)  # over one slice, under the idle chunk
     assert builder.spilled and worker.pending_bytes == 0, "compressed here, at once"
     gate = threading.Event()
     worker.submit(gate.wait, 0)
-    builder.add_batch(many_lines(200), 20, 219, 0)  # to the worker, held at the gate
-    builder.add_batch(many_lines(20), 220, 239, 0)  # small, but must follow: to the worker
+    builder.add_batch(many_lines(200), 100, 299, 0)  # to the worker, held at the gate
+    builder.add_batch(many_lines(20), 300, 319, 0)  # small, but must follow: to the worker
     assert worker.pending_bytes > 0
     done = builder.finish_async()
     assert not done.done(), "the file's end waits for its chunks"
     gate.set()
     with done.result(timeout=30) as finished:
         lines = gzip.decompress(content_of(finished)).splitlines()
-        assert len(lines) == finished.count == 240
+        assert len(lines) == finished.count == 320
 
 
 def test_a_small_file_finishes_at_once_and_a_large_one_in_the_worker(
@@ -651,7 +693,7 @@ def test_a_gzip_file_spilled_early_has_the_same_bytes(
         if worker_busy:
             worker.submit(gate.wait, 0)
             add_in_batches(builder, lines[500:750], 250, start=500)  # handed over, waits
-        collected = builder.memory_bytes - builder.stored_memory_bytes
+        collected = builder.collected_bytes
         stored = builder.stored_memory_bytes
         assert builder.spill() == stored > 0
         assert builder.spilled is not worker_busy  # behind the file's chunk in the worker
@@ -660,7 +702,7 @@ def test_a_gzip_file_spilled_early_has_the_same_bytes(
         gate.set()
     wait_idle(worker)
     assert builder.spilled and builder.stored_memory_bytes == 0
-    assert builder.memory_bytes == collected  # only what was not compressed: not compressed early
+    assert builder.collected_bytes == collected  # not compressed early
     done = 750 if worker_busy else 500
     add_in_batches(builder, lines[done:], 250, start=done)
     with alone.finish() as expected, builder.finish_async().result(timeout=30) as got:
