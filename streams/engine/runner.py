@@ -85,15 +85,25 @@ class Engine(Delivering):
             asyncio.create_task(self._commit_loop(), name="commit"),
             asyncio.create_task(self._watch_loop(), name="watchdog"),
         ]
+        stop = asyncio.ensure_future(self._stopping.wait())
         try:
             while not self._stopping.is_set():
-                messages = await self._call(self._consume)
+                fetch = asyncio.ensure_future(self._call(self._consume))
+                await asyncio.wait((fetch, stop), return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    # A stop during a fetch (an idle one waits up to 0.2 s for a record): the
+                    # drain starts now. What the fetch brings is not dispatched: the read
+                    # position, hence every commit, stays before it (read again on restart).
+                    fetch.add_done_callback(_ignore_outcome)
+                    break
+                messages = fetch.result()
                 self.last_poll = time.monotonic()
                 self._adopt_new_partitions()
                 if messages:
                     self._dispatch(messages)
                 await self._flow_control()
         finally:
+            stop.cancel()
             for task in background:
                 task.cancel()
             await self._shutdown()
@@ -101,8 +111,9 @@ class Engine(Delivering):
     async def _shutdown(self) -> None:
         consumer = self._consumer
         assert consumer is not None  # noqa: S101 - set in run()
-        with contextlib.suppress(KafkaException):
-            await self._call(self._pause_all)
+        # Runs after the fetch in progress, if any; the sink may flush meanwhile (nothing more
+        # is dispatched).
+        pausing = asyncio.ensure_future(self._call(self._pause_all))
         if not self._hard_stop:
             deadline = time.monotonic() + self.cfg.shutdown_grace_seconds
             while time.monotonic() < deadline and not self._hard_stop and self._busy(custody=False):
@@ -114,6 +125,8 @@ class Engine(Delivering):
             await self._commit_all()
         else:
             self._parts.clear()  # nothing more is committed on a hard stop
+        with contextlib.suppress(KafkaException):
+            await pausing
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -254,3 +267,9 @@ class Engine(Delivering):
                     self.stalled.discard(part.partition)
             for state, count in lanes.items():
                 self.metrics.lanes.labels(self.sink.name, state).set(count)
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned future's exception, so that asyncio does not log it as lost."""
+    if not future.cancelled():
+        future.exception()

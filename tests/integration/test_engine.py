@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
@@ -297,6 +298,44 @@ async def test_a_sink_that_settles_part_of_a_batch_gets_the_rest_next_in_order(
     assert max(sink.batch_sizes) > 3
     committed = _committed(kafka_bootstrap, topics.events, "eng-partial", 2)
     assert sum(tp.offset for tp in committed) == len(events)
+
+
+async def test_a_stop_during_a_fetch_starts_the_drain_without_waiting_for_it(
+    kafka_bootstrap: str,
+) -> None:
+    """An idle fetch waits up to 0.2 s for a record: a stop meanwhile flushes the sink at once,
+    and what that fetch brings is not dispatched (nothing is committed past it)."""
+    topics = fresh_topics(kafka_bootstrap, partitions=1)
+    events = publish(kafka_bootstrap, topics.events, 50, 2, seed=43)
+    sink = RecordingSink(max_batch=10)
+    engine = _engine(kafka_bootstrap, topics, sink, "eng-stop-fetch")
+    gate, fetching = threading.Event(), threading.Event()
+    consume = engine._consume  # noqa: SLF001
+
+    def held_once_all_are_delivered() -> list[Message]:
+        if sink.count() >= len(events) and not gate.is_set():
+            fetching.set()
+            gate.wait(30)
+        return consume()
+
+    engine._consume = held_once_all_are_delivered  # type: ignore[method-assign]  # noqa: SLF001
+    flushed: list[bool] = []  # per flush (the stop's, then the revoke's): fetch still held?
+    sink.flush = lambda partitions: flushed.append(not gate.is_set())  # type: ignore[attr-defined]
+    run = asyncio.create_task(engine.run())
+    try:
+        await _until(fetching.is_set)
+        engine.request_stop()
+        await _until(lambda: bool(flushed), timeout=10)
+    finally:
+        gate.set()
+    await run
+
+    assert flushed[0] is True
+    assert sorted(d[2] for v in sink.delivered.values() for d in v) == sorted(
+        e["event_id"] for e in events
+    )
+    committed = _committed(kafka_bootstrap, topics.events, "eng-stop-fetch", 1)
+    assert committed[0].offset == len(events)
 
 
 @pytest.mark.parametrize("configured", [0, 12_345])
