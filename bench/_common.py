@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
@@ -700,9 +701,13 @@ class ConnectorProcess:
                 raise BenchTimeout("the connector did not become ready in time")
             time.sleep(0.05)
 
-    def metrics(self) -> dict[str, float]:
-        """The engine's and the connector's series worth showing (name{labels}: value)."""
-        status, body = http_get(f"http://127.0.0.1:{self.ops_port}/metrics", 10)
+    def metrics(self, names: Sequence[str] = ()) -> dict[str, float]:
+        """The engine's and the connector's series worth showing (name{labels}: value); with
+        ``names`` (sample names), only those: the connector then collects and formats only
+        them (``?name[]=``), which costs its event loop less when polled often."""
+        query = urllib.parse.urlencode([("name[]", name) for name in names])
+        url = f"http://127.0.0.1:{self.ops_port}/metrics" + (f"?{query}" if query else "")
+        status, body = http_get(url, 10)
         if status != 200:
             return {}
         out: dict[str, float] = {}

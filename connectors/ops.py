@@ -137,7 +137,11 @@ class OpsServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         # The library's own negotiation, so the content type always matches the bytes.
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self._registry), headers={"Content-Type": content_type})
+        # ?name[]=a&name[]=b: only those series, as prometheus_client's own servers do (for
+        # a frequent poller; only the named metrics are collected).
+        names = request.query.getall("name[]", [])
+        registry = self._registry.restricted_registry(names) if names else self._registry
+        return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         health = self._read_health()

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_LATEST
 from pydantic import ValidationError
@@ -59,6 +59,7 @@ def registry() -> CollectorRegistry:
         "siem_export_test_delivered", "Events delivered.", ["sink"], registry=registry
     )
     delivered.labels("webhook").inc(3)
+    Gauge("siem_export_test_open", "Files open.", registry=registry).set(7)
     return registry
 
 
@@ -94,6 +95,20 @@ async def test_metrics_text_exposition(http: aiohttp.ClientSession) -> None:
     assert content_type == CONTENT_TYPE_PLAIN_0_0_4
     assert 'siem_export_test_delivered_total{sink="webhook"} 3.0' in text
     assert "# TYPE siem_export_test_delivered_total counter" in text
+
+
+async def test_metrics_restricted_to_the_names_asked_for(http: aiohttp.ClientSession) -> None:
+    status, _, text = await get(http, "/metrics?name[]=siem_export_test_open")
+    assert status == 200
+    assert "siem_export_test_open 7.0" in text
+    assert "delivered" not in text
+    _, _, both = await get(
+        http, "/metrics?name[]=siem_export_test_open&name[]=siem_export_test_delivered_total"
+    )
+    assert "siem_export_test_open 7.0" in both
+    assert 'siem_export_test_delivered_total{sink="webhook"} 3.0' in both
+    _, _, unknown = await get(http, "/metrics?name[]=no_such_series")
+    assert "siem_export" not in unknown
 
 
 async def test_metrics_text_1_0_0_when_asked(http: aiohttp.ClientSession) -> None:
