@@ -118,7 +118,8 @@ class FileBuilder:
         # FileOutput gives the same bytes however the input is handed over. Later content is
         # collected the same way and compressed a chunk at a time (in the worker, if any).
         chunk = WORKER_CHUNK_BYTES if self._worker is not None else _LAZY_GZIP_BYTES
-        self._chunk = min(chunk, spill_threshold_bytes)  # 0 keeps nothing in memory, raw or not
+        # 0: content goes to the output at once (a gzip file's still waits for a whole slice)
+        self._chunk = min(chunk, spill_threshold_bytes)
         self._idle_chunk = min(WORKER_IDLE_CHUNK_BYTES, self._chunk)
         self._out = FileOutput(compression_level, spill_threshold_bytes, spill_dir)
         self._raw = bytearray()
@@ -224,7 +225,7 @@ class FileBuilder:
         chunks of the file, those in memory when asked: the move runs after those chunks).
 
         The uncompressed content not yet compressed stays (compressing it early would start
-        compressor, which costs more than it holds). The bytes of the object are the same.
+        the compressor, which costs more than it holds). The bytes of the object are the same.
         An OSError (disk full) leaves the builder unusable, as in ``add_batch``; with a worker
         it comes from the next call that meets the worker's error.
         """
