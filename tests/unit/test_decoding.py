@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -61,12 +61,22 @@ def test_a_round_is_an_even_share_of_the_jobs_up_to_the_record_limit() -> None:
     assert round_size([7], 3) == 1
 
 
+@contextlib.asynccontextmanager
+async def _running(codec: AuditEventCodec, processes: int) -> AsyncIterator[DecodePool]:
+    """A started pool of real worker processes, closed and joined at the end."""
+    pool = DecodePool(codec, processes)
+    pool.start()
+    try:
+        yield pool
+    finally:
+        pool.close()
+        await asyncio.to_thread(pool.join)
+
+
 @pytest.mark.component
 async def test_workers_decode_the_batches_of_many_lanes_each_in_order() -> None:
     codec = AuditEventCodec()
-    pool = DecodePool(codec, 2)
-    pool.start()
-    try:
+    async with _running(codec, 2) as pool:
         lanes = {f"tnt_{n}": _records(codec, f"tnt_{n}", 40, seed=n) for n in range(12)}
         answers = await asyncio.gather(*(pool.decode(v, t) for t, v in lanes.items()))
         for (tenant, values), answer in zip(lanes.items(), answers, strict=True):
@@ -74,17 +84,12 @@ async def test_workers_decode_the_batches_of_many_lanes_each_in_order() -> None:
         # A second wave, asked for while nothing else is pending, is sent on its own.
         again = await pool.decode(lanes["tnt_0"][:5], "tnt_0")
         assert again == decode_batch(codec, lanes["tnt_0"][:5], "tnt_0")
-    finally:
-        pool.close()
-        await asyncio.to_thread(pool.join)
     assert await pool.decode(lanes["tnt_0"], "tnt_0") is None  # closed: the lane decodes itself
 
 
 @pytest.mark.component
 async def test_a_dead_worker_is_replaced_at_once_then_at_most_once_per_interval() -> None:
     codec = AuditEventCodec()
-    pool = DecodePool(codec, 1)
-    pool.start()
     values = _records(codec, TENANT, 20)
     expected = decode_batch(codec, values, TENANT)
 
@@ -98,7 +103,7 @@ async def test_a_dead_worker_is_replaced_at_once_then_at_most_once_per_interval(
         assert pool._workers == []
         return pid
 
-    try:
+    async with _running(codec, 1) as pool:
         assert await pool.decode(values, TENANT) == expected
         first = await kill_the_worker()
         assert await pool.decode(values, TENANT) == expected  # a new worker at once
@@ -111,25 +116,20 @@ async def test_a_dead_worker_is_replaced_at_once_then_at_most_once_per_interval(
         pool._next_restart = 0.0  # the interval has passed
         assert await pool.decode(values, TENANT) == expected
         assert pool.restarts == 2
-    finally:
-        pool.close()
-        await asyncio.to_thread(pool.join)
     assert not [p for p in pool._context.active_children() if p.name == "siem-export-decoder"]
 
 
 @pytest.mark.component
 async def test_batches_being_decoded_when_the_pool_closes_come_back_to_their_lanes() -> None:
     codec = AuditEventCodec()
-    pool = DecodePool(codec, 1)
-    pool.start()
     values = _records(codec, TENANT, 200)
-    asked = asyncio.create_task(pool.decode(values, TENANT))
-    await asyncio.sleep(0)  # asked: waiting for its answer
-    await asyncio.sleep(0)  # the round went to the worker
-    assert pool._workers[0].jobs is not None
-    pool.close()  # before the loop could read any answer
-    assert await asked is None
-    await asyncio.to_thread(pool.join)
+    async with _running(codec, 1) as pool:
+        asked = asyncio.create_task(pool.decode(values, TENANT))
+        await asyncio.sleep(0)  # asked: waiting for its answer
+        await asyncio.sleep(0)  # the round went to the worker
+        assert pool._workers[0].jobs is not None
+        pool.close()  # before the loop could read any answer
+        assert await asked is None
 
 
 class _HeldDecoder:
